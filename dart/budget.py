@@ -1,0 +1,119 @@
+"""Per-layer keep counts k_l (DART_SPEC section 4): uniform, per_layer, depth-aware auto."""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from .config import AutoBudgetConfig
+
+_EPS = 1e-6
+_ITEM = re.compile(r"^\s*(all|\d+(?:\s*-\s*\d+)?)\s*:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?|auto)\s*$")
+
+
+def uniform_counts(keep_ratio: float, num_layers: int, width: int) -> list[int]:
+    """k_l = floor(r * N) for every layer (as the reference)."""
+    k = max(1, math.floor(keep_ratio * width + 1e-9))
+    return [k] * num_layers
+
+
+def check_per_layer_syntax(spec: str | dict[int, float]) -> None:
+    """Validate the form of a per-layer budget without knowing the model."""
+    for _, value in _parse_items(spec):
+        if value == "auto":
+            continue
+        if value <= 0:
+            raise ValueError(f"per_layer values must be > 0 (ratio in (0,1] or count > 1), got {value}")
+
+
+def _parse_items(spec: str | dict[int, float]) -> list[tuple[str, float | str]]:
+    if isinstance(spec, dict):
+        return [(str(k), float(v)) for k, v in spec.items()]
+    items = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        match = _ITEM.match(part)
+        if match is None:
+            raise ValueError(f"per_layer entry {part.strip()!r} is not 'LAYER:VALUE', 'A-B:VALUE' or 'all:VALUE'")
+        key, value = match.group(1).replace(" ", ""), match.group(2)
+        items.append((key, value if value == "auto" else float(value)))
+    if not items:
+        raise ValueError("per_layer is empty")
+    return items
+
+
+def _count(value: float, width: int) -> int:
+    if value > 1:
+        if value != int(value):
+            raise ValueError(f"per_layer count {value} must be a whole number")
+        return min(int(value), width)
+    return max(1, math.floor(value * width + 1e-9))
+
+
+def per_layer_counts(spec: str | dict[int, float], num_layers: int, width: int) -> list[int]:
+    """Keep counts from {layer: ratio|count} or the reference strings '0:0.9,1-3:0.5', 'all:0.3'.
+
+    Layers the spec does not name stay dense.
+    """
+    counts = [width] * num_layers
+    for key, value in _parse_items(spec):
+        if value == "auto":
+            raise ValueError("per_layer value 'auto' means budget: auto; set budget instead")
+        if key == "all":
+            layers = range(num_layers)
+        elif "-" in key:
+            lo, hi = (int(x) for x in key.split("-"))
+            if lo > hi:
+                raise ValueError(f"per_layer range {key} is empty")
+            layers = range(lo, hi + 1)
+        else:
+            layers = [int(key)]
+        for layer in layers:
+            if not 0 <= layer < num_layers:
+                raise ValueError(f"per_layer names layer {layer}, but the model has layers 0..{num_layers - 1}")
+            counts[layer] = _count(value, width)
+    return counts
+
+
+def depth_weights(num_layers: int, cfg: AutoBudgetConfig) -> torch.Tensor:
+    """D_l of step 4: ramps up over the first w_e of depth and down over the last w_l."""
+    out = torch.ones(num_layers, dtype=torch.float64)
+    for layer in range(num_layers):
+        z = layer / (num_layers - 1) if num_layers > 1 else 0.0
+        if z < cfg.early_width:
+            out[layer] = cfg.alpha + (1 - cfg.alpha) * z / cfg.early_width
+        elif z > 1 - cfg.late_width:
+            out[layer] = cfg.beta + (1 - cfg.beta) * (1 - z) / cfg.late_width
+    return out
+
+
+def auto_sparsities(cos: torch.Tensor, ratio: torch.Tensor, target: float, cfg: AutoBudgetConfig) -> torch.Tensor:
+    """Per-layer sparsity p_l (steps 1-8) from per-layer mean cos(x, y) and ||y - x|| / ||x||."""
+    cos, ratio = cos.double(), ratio.double()
+    num_layers = cos.numel()
+    s = (1 - cos) * ratio
+    s_hat = (s - s.min()) / (s.max() - s.min() + _EPS)
+    p_weight = (1 - s_hat) * depth_weights(num_layers, cfg)
+    total = target * num_layers
+    p = (total * p_weight / p_weight.sum()).clamp(cfg.min_sparsity, cfg.max_sparsity)
+    for _ in range(cfg.rounds):
+        delta = total - p.sum().item()
+        if abs(delta) < _EPS:
+            break
+        movable = p < cfg.max_sparsity - _EPS if delta > 0 else p > cfg.min_sparsity + _EPS
+        if not movable.any():
+            break
+        weight = torch.where(movable, p_weight, torch.zeros_like(p_weight))
+        if weight.sum() <= _EPS:
+            weight = movable.double()
+        p = (p + delta * weight / weight.sum()).clamp(cfg.min_sparsity, cfg.max_sparsity)
+    return p
+
+
+def auto_counts(cos: torch.Tensor, ratio: torch.Tensor, target: float, width: int,
+                cfg: AutoBudgetConfig) -> list[int]:
+    """k_l = round((1 - p_l) * N)."""
+    p = auto_sparsities(cos, ratio, target, cfg)
+    return [max(1, int(round((1 - float(x)) * width))) for x in p]

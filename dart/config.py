@@ -1,0 +1,125 @@
+"""Typed, validated settings of the DART engine (DART_SPEC.md sections 2-6)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Method = Literal["dense", "static", "griffin", "dart"]
+Ranking = Literal["magnitude", "max", "mean", "combined", "product"]
+Selection = Literal["topk", "mean_threshold"]
+BudgetKind = Literal["uniform", "per_layer", "auto"]
+FfnPath = Literal["auto", "masked", "compact"]
+RemaskPolicy = Literal["reset", "carry"]
+
+
+class FrozenModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AutoBudgetConfig(FrozenModel):
+    """Depth-aware budget of spec section 4 (`auto`)."""
+
+    alpha: float = Field(0.25, ge=0, le=1, description="Depth weight of the first layer.")
+    beta: float = Field(0.35, ge=0, le=1, description="Depth weight of the last layer.")
+    early_width: float = Field(0.3, gt=0, le=1, description="w_e: fraction of depth ramped up from alpha.")
+    late_width: float = Field(0.15, gt=0, le=1, description="w_l: fraction of depth ramped down to beta.")
+    min_sparsity: float = Field(0.10, ge=0, lt=1, description="p_min: lowest sparsity of any layer.")
+    max_sparsity: float = Field(0.90, gt=0, le=1, description="p_max: highest sparsity of any layer.")
+    rounds: int = Field(10, ge=0, description="Redistribution rounds after clipping.")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> "AutoBudgetConfig":
+        if self.min_sparsity >= self.max_sparsity:
+            raise ValueError("auto.min_sparsity must be below auto.max_sparsity")
+        return self
+
+
+class DriftConfig(FrozenModel):
+    """Drift detection and re-masking (spec section 6)."""
+
+    window: int = Field(5, ge=1, description="W: tokens per window of the attention signal.")
+    kappa: float = Field(0.1, ge=0, description="Threshold spread multiplier.")
+    delta: float = Field(0.1, ge=0, description="Minimum threshold margin below the baseline mean.")
+    pressure: int = Field(1, ge=1, description="P: consecutive-ish low windows needed to fire.")
+    recalibration_tokens: int = Field(
+        0, ge=0, description="After a drift event, dense forwards to calibrate on before re-masking "
+        "(0: the epoch's own mask_step).")
+    policy: RemaskPolicy = Field(
+        "reset", description="What a new epoch keeps: 'reset' clears scores (the paper); 'carry' "
+        "starts from the old scores times carry_decay.")
+    carry_decay: float = Field(0.5, ge=0, le=1, description="Weight of the old epoch's scores under 'carry'.")
+
+
+class DartConfig(FrozenModel):
+    """How one model prunes its FFN neurons. Parsed once at the boundary, then passed down."""
+
+    method: Method = Field("dart", description="dense | static (masks once, no drift) | griffin | dart.")
+    ranking: Ranking = Field("combined", description="Neuron ranking of spec section 2.")
+    decay: float | None = Field(None, description="EMA decay of |a| in (0,1); None = L2 aggregation.")
+    selection: Selection = Field("topk", description="topk keeps k_l per layer; mean_threshold keeps score >= mean.")
+    budget: BudgetKind = Field("auto", description="uniform | per_layer | auto (depth-aware).")
+    keep_ratio: float = Field(0.5, description="Kept fraction of FFN neurons (uniform), or 1 - target sparsity (auto).")
+    per_layer: str | dict[int, float] | None = Field(
+        None, description="per_layer budget: {layer: ratio or count} or the string form '0:0.9,1-3:0.5' / 'all:0.3'.")
+    auto: AutoBudgetConfig = Field(default_factory=AutoBudgetConfig, description="Depth-aware budget knobs.")
+    mask_step: int = Field(0, ge=0, description="Forward of each epoch at which masks form (0 = prefill).")
+    release_step: int | None = Field(None, ge=0, description="After this many generated tokens run dense.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift detection (method dart only).")
+    ffn_path: FfnPath = Field("auto", description="masked multiplies by masks; compact computes only kept "
+                              "neurons; auto picks per forward.")
+
+    @field_validator("keep_ratio")
+    @classmethod
+    def _keep_ratio_in_range(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("decay")
+    @classmethod
+    def _decay_in_range(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"decay must be in (0, 1) or null, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _per_layer_given(self) -> "DartConfig":
+        if self.budget == "per_layer" and self.per_layer is None:
+            raise ValueError("budget 'per_layer' needs per_layer (e.g. '0:0.9,1-5:0.5')")
+        if self.per_layer is not None:
+            from .budget import check_per_layer_syntax
+
+            check_per_layer_syntax(self.per_layer)
+        return self
+
+    @property
+    def prunes(self) -> bool:
+        return self.method != "dense"
+
+    @property
+    def drift_enabled(self) -> bool:
+        return self.method == "dart"
+
+    @property
+    def effective_mask_step(self) -> int:
+        """auto needs one complete forward first; griffin forms from the prompt."""
+        if self.method == "griffin":
+            return 1
+        if self.budget == "auto" and self.method != "griffin":
+            return max(1, self.mask_step)
+        return self.mask_step
+
+    @property
+    def target_sparsity(self) -> float:
+        return 1.0 - self.keep_ratio
+
+
+class GenerationConfig(FrozenModel):
+    """Decoding settings shared by every row of a batch."""
+
+    max_new_tokens: int = Field(64, ge=1, description="Tokens to generate at most.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy; > 0 samples.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Base seed; each row samples from its own generator.")
+    stop_on_eos: bool = Field(True, description="Stop a row at the tokenizer's EOS tokens.")

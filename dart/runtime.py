@@ -1,0 +1,71 @@
+"""One forward of a batch: routes each layer's FFN, residual and drift signal to the rows' states."""
+from __future__ import annotations
+
+import torch
+
+from .compact import CompactWeights, compact_ffn
+from .patch import DartMLP
+from .state import ForwardPhase, SequenceState
+
+
+class ForwardPass:
+    """Rows' phases are fixed when the pass is built; masks formed inside it (mask_step 0) update it."""
+
+    def __init__(self, states: list[SequenceState], phases: list[ForwardPhase], token_mask: torch.Tensor,
+                 masks: torch.Tensor | None, compact: list[CompactWeights] | None = None) -> None:
+        # token_mask: [B, T] bool, False at padding; masks: [B, L, N] in the model dtype (1 keep, 0 prune)
+        self.states, self.phases = states, phases
+        self.token_mask = token_mask
+        self.all_valid = bool(token_mask.all())
+        self.masks = masks
+        self.compact = compact
+        self.calibrating = [b for b, p in enumerate(phases) if p.calibrate]
+        self.forming = [b for b, p in enumerate(phases) if p.form_in_forward]
+        self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
+        self.signal_rows = [b for b, p in enumerate(phases) if p.collect_signal or p.monitor]
+        self._residuals: dict[int, torch.Tensor] = {}
+
+    def _tokens(self, tensor: torch.Tensor, row: int) -> torch.Tensor:
+        """This row's real (non-padding) tokens: [T, *]."""
+        return tensor[row] if self.all_valid else tensor[row][self.token_mask[row]]
+
+    def ffn(self, layer: int, mlp: DartMLP, hidden: torch.Tensor) -> torch.Tensor:
+        if self.compact is not None:
+            return compact_ffn(mlp, hidden, self.compact[layer])
+        act = mlp.activations(hidden)                                    # [B, T, N]
+        for b in self.calibrating:
+            self.states[b].observe_activations(layer, self._tokens(act, b).float())
+        for b in self.forming:
+            kept = self.states[b].form_layer(layer)
+            self.masks[b, layer].zero_().index_fill_(0, kept, 1)
+        if self.masks is not None:
+            act = act * self.masks[:, layer, None, :]
+        out = mlp.down_proj(act)                                         # [B, T, d]
+        if self.residual_rows:
+            residual = self._residuals.pop(layer)
+            for b in self.residual_rows:
+                self.states[b].observe_residual(layer, self._tokens(residual, b), self._tokens(out, b))
+        return out
+
+    def residual(self, layer: int, residual: torch.Tensor) -> None:
+        if self.residual_rows:
+            self._residuals[layer] = residual
+
+    def attention_output(self, output: torch.Tensor) -> None:
+        for b in self.signal_rows:
+            self.states[b].observe_signal(self._tokens(output, b))
+
+
+def batch_masks(states: list[SequenceState], phases: list[ForwardPhase], dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor | None:
+    """[B, L, N] keep masks of this forward, or None when every row runs dense."""
+    if not any(p.masked for p in phases):
+        return None
+    shape = states[0].shape
+    masks = torch.ones(len(states), shape.num_layers, shape.width, dtype=dtype, device=device)
+    for b, (state, phase) in enumerate(zip(states, phases)):
+        if phase.masked and state.kept is not None and not phase.form_in_forward:
+            masks[b].zero_()
+            for layer, kept in enumerate(state.kept):
+                masks[b, layer].index_fill_(0, kept, 1)
+    return masks

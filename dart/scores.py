@@ -1,0 +1,64 @@
+"""Neuron statistics, rankings and selection (DART_SPEC sections 2-3). Pure functions over tensors."""
+from __future__ import annotations
+
+import torch
+
+from .config import Ranking, Selection
+
+
+def l2_update(sum_sq: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Add tokens' squared activations. sum_sq: [N]; act: [T, N] (float32)."""
+    return sum_sq + act.square().sum(dim=0)
+
+
+def griffin_update(sum_sq: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """GRIFFIN: each token's activation scaled to unit L2 norm before the L2 over tokens."""
+    unit = act / act.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return sum_sq + unit.square().sum(dim=0)
+
+
+def ema_first_block(act: torch.Tensor, decay: float) -> torch.Tensor:
+    """First block of k tokens: weights d^(k-1-j) / sum over |a_j|. act: [T, N] -> [N]."""
+    k = act.shape[0]
+    exponents = torch.arange(k - 1, -1, -1, dtype=torch.float64)
+    weights = torch.pow(torch.tensor(decay, dtype=torch.float64), exponents)
+    weights = (weights / weights.sum()).to(act.dtype)
+    return (weights[:, None] * act.abs()).sum(dim=0)
+
+
+def ema_update(mean_abs: torch.Tensor, act: torch.Tensor, decay: float) -> torch.Tensor:
+    """Each later token: m = d*m + (1-d)*|a_t|, in token order."""
+    for token in act.abs():
+        mean_abs = decay * mean_abs + (1 - decay) * token
+    return mean_abs
+
+
+def magnitude(stat: torch.Tensor, decay: float | None) -> torch.Tensor:
+    """m[i]: L2 norm over tokens from a sum of squares, or the EMA of |a| itself."""
+    return stat.sqrt() if decay is None else stat
+
+
+def rank_scores(m: torch.Tensor, ranking: Ranking, pmax: torch.Tensor, pmean: torch.Tensor) -> torch.Tensor:
+    """Scores of spec section 2 for one layer. All inputs [N]."""
+    if ranking == "magnitude":
+        return m
+    if ranking == "max":
+        return pmax * m
+    if ranking == "mean":
+        return pmean * m
+    if ranking == "combined":
+        return (pmax + pmean) * m
+    if ranking == "product":
+        return pmax * pmean * m.square()
+    raise ValueError(f"unknown ranking {ranking!r}; choose magnitude, max, mean, combined or product")
+
+
+def select(scores: torch.Tensor, keep: int, selection: Selection) -> torch.Tensor:
+    """Sorted indices of kept neurons. Ties go to the lower index (stable sort)."""
+    if selection == "mean_threshold":
+        kept = torch.nonzero(scores >= scores.mean()).flatten()
+        return kept
+    if selection != "topk":
+        raise ValueError(f"unknown selection {selection!r}; choose topk or mean_threshold")
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:keep].sort().values

@@ -1,0 +1,250 @@
+"""Per-sequence DART state and the one place that advances its schedule (DART_SPEC sections 2-6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import budget, scores
+from .config import DartConfig
+from .drift import DriftMonitor, form_baseline
+from .proxies import Proxies
+from .signal import SignalAccumulator
+from .telemetry import SequenceTrace
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int   # L
+    width: int        # N, FFN intermediate size
+    hidden: int       # d
+
+
+@dataclass(frozen=True)
+class ForwardPhase:
+    """What one sequence does in one forward."""
+
+    calibrate: bool = False          # its tokens join the neuron statistics
+    form_in_forward: bool = False    # mask_step 0: each layer's mask forms from this forward's tokens
+    masked: bool = False             # masks apply in this forward
+    collect_signal: bool = False     # drift signal joins the epoch's baseline set
+    form_baseline: bool = False      # drift baseline forms at the last layer's attention
+    monitor: bool = False            # drift windows are watched
+
+
+DENSE = ForwardPhase()
+
+
+@dataclass
+class ForwardLedger:
+    """Per-forward accounting of one sequence: applied sparsity and FFN FLOPs (2 per multiply-add)."""
+
+    sparsity: list[float] = field(default_factory=list)     # per forward, for its last token
+    flops_dense: int = 0
+    flops_kept: int = 0
+    flops_executed: int = 0
+    compact_forwards: int = 0
+
+    def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, compact: bool) -> None:
+        dense = len(kept_counts) * shape.width
+        self.sparsity.append(1.0 - sum(kept_counts) / dense)
+        per_neuron = 6 * shape.hidden * tokens             # gate, up, down: 3 matmuls of d per neuron
+        self.flops_dense += per_neuron * dense
+        self.flops_kept += per_neuron * sum(kept_counts)
+        self.flops_executed += per_neuron * (sum(kept_counts) if compact else dense)
+        self.compact_forwards += int(compact)
+
+
+class SequenceState:
+    """Scores, masks, epochs and drift detector of one sequence. Modules never hold any of it."""
+
+    def __init__(self, cfg: DartConfig, shape: ModelShape, proxies: Proxies | None,
+                 counts: list[int] | None, device: torch.device, trace: bool = False, uid: int = 0) -> None:
+        self.uid = uid                   # unique within its engine; keys cached masks and gathered weights
+        self.cfg, self.shape, self.proxies, self.fixed_counts = cfg, shape, proxies, counts
+        self.device = device
+        self.trace = SequenceTrace() if trace else None
+        self.forward = 0                 # forwards of the whole sequence (0 = prefill)
+        self.epoch = 0
+        self.kept: list[torch.Tensor] | None = None   # per layer, sorted kept neuron ids
+        self.mask_version = 0
+        self.thresholds: list[float | None] = []
+        self.drift_positions: list[int] = []
+        self.drift_cosines: list[float] = []
+        self.drift_cosine_positions: list[int] = []
+        self.peak_state_bytes = 0
+        self.ledger = ForwardLedger()
+        self._phase = DENSE
+        self._drift_fired = False
+        self._reset_epoch(carry=None)
+
+    # ---- schedule -------------------------------------------------------------------------
+    def epoch_mask_step(self) -> int:
+        step = self.cfg.effective_mask_step
+        if self.epoch > 0:
+            step = max(step, self.cfg.drift.recalibration_tokens)
+        return step
+
+    def begin_forward(self) -> ForwardPhase:
+        """Decide this forward's phase; masks due at f = m > 0 form here from the calibration set."""
+        cfg = self.cfg
+        released = cfg.release_step is not None and self.forward >= cfg.release_step
+        if not cfg.prunes or released:
+            if released and self.kept is not None:
+                self.kept, self.mask_version = None, self.mask_version + 1
+            self._phase = DENSE
+            return DENSE
+        f, m, drift = self.epoch_forward, self.epoch_mask_step(), cfg.drift_enabled
+        if f < m:
+            self._phase = ForwardPhase(calibrate=True, collect_signal=drift)
+        elif f == m:
+            if m == 0:
+                self._phase = ForwardPhase(calibrate=True, form_in_forward=True, masked=True,
+                                           collect_signal=drift, form_baseline=drift)
+            else:
+                self._form_all()
+                self._phase = ForwardPhase(masked=True, collect_signal=drift, form_baseline=drift)
+        else:
+            self._phase = ForwardPhase(masked=True, monitor=drift and self.monitor is not None)
+        return self._phase
+
+    def end_forward(self, tokens: int, compact: bool) -> None:
+        """Account the forward just run (tokens: real tokens of this row) and advance the schedule."""
+        kept_counts = self.kept_counts()
+        self.ledger.record(tokens, kept_counts, self.shape, compact)
+        if self.trace is not None:
+            self.trace.kept_per_forward.append(kept_counts)
+        self.peak_state_bytes = max(self.peak_state_bytes, self.state_bytes())
+        self.forward += 1
+        self.epoch_forward += 1
+        if self._drift_fired:
+            self._drift_fired = False
+            self.epoch += 1
+            self._reset_epoch(carry=self.stat if self.cfg.drift.policy == "carry" else None)
+
+    def _reset_epoch(self, carry: torch.Tensor | None) -> None:
+        shape = self.shape
+        self.epoch_forward = 0
+        if self.kept is not None:
+            self.kept, self.mask_version = None, self.mask_version + 1
+        if carry is not None:
+            self.stat = carry * self.cfg.drift.carry_decay
+            self.stat_tokens = [1] * shape.num_layers
+        else:
+            self.stat = torch.zeros(shape.num_layers, shape.width, dtype=torch.float32, device=self.device)
+            self.stat_tokens = [0] * shape.num_layers
+        self.cos_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
+        self.ratio_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
+        self.residual_tokens = [0] * shape.num_layers
+        self.signal = SignalAccumulator(shape.hidden, self.cfg.drift.window) if self.cfg.drift_enabled else None
+        self.monitor: DriftMonitor | None = None
+
+    # ---- statistics -----------------------------------------------------------------------
+    def observe_activations(self, layer: int, act: torch.Tensor) -> None:
+        """act: [T, N] float32 neuron activations of this sequence's real tokens."""
+        cfg, act = self.cfg, act.to(self.device)
+        if cfg.method == "griffin":
+            self.stat[layer] = scores.griffin_update(self.stat[layer], act)
+        elif cfg.decay is None:
+            self.stat[layer] = scores.l2_update(self.stat[layer], act)
+        elif self.stat_tokens[layer] == 0:
+            self.stat[layer] = scores.ema_first_block(act, cfg.decay)
+        else:
+            self.stat[layer] = scores.ema_update(self.stat[layer], act, cfg.decay)
+        self.stat_tokens[layer] += act.shape[0]
+
+    def observe_residual(self, layer: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Auto-budget statistics. x: residual entering post_attention_layernorm [T, d]; y: FFN output [T, d]."""
+        x, y = x.float().to(self.device), y.float().to(self.device)
+        self.cos_sum[layer] += F.cosine_similarity(x, y, dim=-1).sum().item()
+        self.ratio_sum[layer] += ((y - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().item()
+        self.residual_tokens[layer] += x.shape[0]
+
+    def needs_residual(self) -> bool:
+        return self._phase.calibrate and self.cfg.budget == "auto" and self.cfg.method != "griffin"
+
+    def observe_signal(self, signal: torch.Tensor) -> None:
+        """Last layer's attention output of this sequence's real tokens, [T, d]."""
+        phase = self._phase
+        if phase.collect_signal:
+            self.signal.add(signal)
+        if phase.form_baseline:
+            baseline = form_baseline(*self.signal.means(), self.cfg.drift)
+            self.signal = None
+            self.thresholds.append(baseline.tau)
+            self.monitor = DriftMonitor(baseline, self.cfg.drift)
+            if self.trace is not None:
+                self.trace.drift_windows += [{"forward": self.forward, "cosine": c, "kind": "baseline"}
+                                             for c in baseline.cosines]
+        if phase.monitor:
+            for token in signal:
+                cos, fired = self.monitor.observe(token)
+                if cos is None:
+                    continue
+                self.drift_cosines.append(cos)
+                self.drift_cosine_positions.append(self.forward)
+                if self.trace is not None:
+                    self.trace.drift_windows.append(
+                        {"forward": self.forward, "cosine": cos, "kind": "fired" if fired else "monitor"})
+                if fired:
+                    self.drift_positions.append(self.forward)
+                    self._drift_fired = True
+                    break
+
+    # ---- masks ----------------------------------------------------------------------------
+    def _keep_counts(self) -> list[int]:
+        if self.fixed_counts is not None:
+            return self.fixed_counts
+        if self.cfg.target_sparsity == 0.0:
+            return [self.shape.width] * self.shape.num_layers
+        tokens = torch.tensor(self.residual_tokens, dtype=torch.float64).clamp_min(1)
+        return budget.auto_counts(self.cos_sum / tokens, self.ratio_sum / tokens, self.cfg.target_sparsity,
+                                  self.shape.width, self.cfg.auto)
+
+    def _select(self, layer: int, keep: int) -> torch.Tensor:
+        cfg = self.cfg
+        m = scores.magnitude(self.stat[layer], None if cfg.method == "griffin" else cfg.decay)
+        if cfg.method == "griffin" or cfg.ranking == "magnitude":
+            ranked = m
+        else:
+            ranked = scores.rank_scores(m, cfg.ranking, self.proxies.pmax[layer], self.proxies.pmean[layer])
+        kept = scores.select(ranked, keep, "topk" if cfg.method == "griffin" else cfg.selection)
+        if self.trace is not None:
+            self.trace.mask_formations.append({"forward": self.forward, "layer": layer, "kept": kept.tolist()})
+        return kept
+
+    def _form_all(self) -> None:
+        counts = self._keep_counts()
+        self.kept = [self._select(layer, counts[layer]) for layer in range(self.shape.num_layers)]
+        self.mask_version += 1
+
+    def form_now(self) -> None:
+        """Form every layer's masks from the statistics so far (scoring after a prompt)."""
+        if self.kept is None and self.cfg.prunes:
+            self._form_all()
+        self._phase = ForwardPhase(masked=self.kept is not None)
+
+    def form_layer(self, layer: int) -> torch.Tensor:
+        """mask_step 0: form one layer's mask from the statistics gathered so far in this forward."""
+        if self.kept is None:
+            self.kept = [torch.arange(self.shape.width, device=self.device)] * self.shape.num_layers
+        counts = self._keep_counts()
+        self.kept = self.kept[:layer] + [self._select(layer, counts[layer])] + self.kept[layer + 1:]
+        self.mask_version += 1
+        return self.kept[layer]
+
+    def kept_counts(self) -> list[int]:
+        if self.kept is None or not self._phase.masked:
+            return [self.shape.width] * self.shape.num_layers
+        return [int(k.numel()) for k in self.kept]
+
+    def state_bytes(self) -> int:
+        total = self.stat.numel() * 4 + (self.cos_sum.numel() + self.ratio_sum.numel()) * 8
+        if self.kept is not None:
+            total += sum(k.numel() * k.element_size() for k in self.kept)
+        if self.signal is not None:
+            total += self.signal.state_bytes()
+        if self.monitor is not None:
+            total += self.monitor.state_bytes()
+        return total
