@@ -198,8 +198,10 @@ class DartEngine:
 
     # ---- scoring --------------------------------------------------------------------------
     @torch.inference_mode()
-    def score_continuations(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> ContinuationScores:
-        """Sum of log-probs of each continuation after the prompt, with the masks DART forms from the prompt."""
+    def continuation_logprobs(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]
+                              ) -> tuple[list[torch.Tensor], SequenceTelemetry]:
+        """Log-probs [len(c), V] of each continuation's positions after the prompt, in one forward over
+        all continuations, with the masks DART forms from the prompt (no drift inside a continuation)."""
         self.check_prompt(prompt)
         if not continuations or any(len(c) == 0 for c in continuations):
             raise ValueError("every continuation needs at least one token")
@@ -212,7 +214,7 @@ class DartEngine:
         mask = torch.ones_like(ids)
         cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
-        first = torch.log_softmax(self._step([state], ids, mask, mask.cumsum(-1) - 1, cache, mask.bool()), -1)[0]
+        first = torch.log_softmax(self._step([state], ids, mask, mask.cumsum(-1) - 1, cache, mask.bool()), -1)
         prefill_seconds = time.perf_counter() - start
         state.form_now()
         count = len(continuations)
@@ -230,12 +232,15 @@ class DartEngine:
                                         all_logits=True)
         state.end_forward(int(cont_mask.sum()), compact)
         logprobs = torch.log_softmax(logits, dim=-1)                      # [C, T, V]
-        totals = []
-        for i, c in enumerate(continuations):
-            target = torch.tensor(list(c), device=self.device)
-            total = first[target[0]] + logprobs[i, torch.arange(len(c) - 1), target[1:]].sum()
-            totals.append(float(total))
+        per_position = [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
         telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
+        return per_position, telemetry
+
+    def score_continuations(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> ContinuationScores:
+        """Sum of log-probs of each continuation after the prompt, under the prompt's DART masks."""
+        per_position, telemetry = self.continuation_logprobs(prompt, continuations)
+        totals = [float(lp.gather(1, torch.tensor(list(c), device=lp.device)[:, None]).sum())
+                  for lp, c in zip(per_position, continuations)]
         return ContinuationScores(totals, [len(c) for c in continuations], telemetry)
 
     # ---- telemetry ------------------------------------------------------------------------

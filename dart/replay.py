@@ -40,9 +40,13 @@ def config_from_reference(ref: dict[str, Any]) -> DartConfig:
 
 
 def _load(model_dir: Path):
-    from .loading import ModelConfig, load_model
+    """Golden model folders hold weights and config only: prompts are token ids, no tokenizer needed."""
+    from transformers import AutoModelForCausalLM
 
-    return load_model(ModelConfig(source=str(model_dir), dtype="float32", device="cpu"))
+    if not (model_dir / "config.json").exists():
+        raise ValueError(f"golden model folder {model_dir} has no config.json")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
+    return model.eval(), None
 
 
 def replay_run(run: dict[str, Any], base: Path, models: dict[str, Any]) -> dict[str, Any]:
