@@ -45,6 +45,11 @@ class DriftConfig(FrozenModel):
     recalibration_tokens: int = Field(
         0, ge=0, description="After a drift event, dense forwards to calibrate on before re-masking "
         "(0: the epoch's own mask_step).")
+    signal_layers: int = Field(1, ge=1, description="Drift signal: attention outputs of this many last layers, "
+                               "concatenated (1: the last layer, as the paper).")
+    baseline_tokens: int = Field(
+        0, ge=0, description="Least signal tokens an epoch's baseline forms from; it forms at mask formation "
+        "or, if fewer tokens were seen, at the first forward that reaches this many (0: at mask formation).")
     policy: RemaskPolicy = Field(
         "reset", description="What a new epoch keeps: 'reset' clears scores (the paper); 'carry' "
         "starts from the old scores times carry_decay.")

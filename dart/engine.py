@@ -41,7 +41,7 @@ class DartEngine:
             proxies = load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
         self.proxies = None if proxies is None else Proxies(proxies.pmax.to(self.device), proxies.pmean.to(self.device))
         self.runtime = Runtime()
-        self._handles = patch_model(model, self.runtime)
+        self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
         self._compact_cache: dict[int, tuple[int, list[CompactWeights]]] = {}
@@ -127,12 +127,13 @@ class DartEngine:
 
     def _step(self, states, input_ids, attention_mask, position_ids, cache, token_mask):
         """Advance every row's schedule by one forward; returns last-position logits [B, V]."""
-        unique = list({s.uid: s for s in states}.values())
-        phase_of = {s.uid: s.begin_forward() for s in unique}
+        tokens = token_mask.sum(-1).tolist()
+        unique = {s.uid: (s, t) for s, t in zip(states, tokens)}.values()
+        phase_of = {s.uid: s.begin_forward(t) for s, t in unique}
         phases = [phase_of[s.uid] for s in states]
         logits, compact = self._forward(states, phases, input_ids, attention_mask, position_ids, cache, token_mask)
-        for b, state in enumerate(states):
-            state.end_forward(int(token_mask[b].sum()), compact)
+        for state, count in zip(states, tokens):
+            state.end_forward(count, compact)
         return logits[:, -1]
 
     # ---- generation -----------------------------------------------------------------------

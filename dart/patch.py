@@ -18,7 +18,7 @@ class ForwardHandler(Protocol):
 
     def ffn(self, layer: int, mlp: "DartMLP", hidden: torch.Tensor) -> torch.Tensor: ...
     def residual(self, layer: int, residual: torch.Tensor) -> None: ...
-    def attention_output(self, output: torch.Tensor) -> None: ...
+    def attention_output(self, layer: int, output: torch.Tensor) -> None: ...
 
 
 class Runtime:
@@ -74,8 +74,9 @@ def check_supported(model: nn.Module) -> None:
                              "DART cannot prune it")
 
 
-def patch_model(model: nn.Module, runtime: Runtime) -> list[torch.utils.hooks.RemovableHandle]:
-    """Install the wrappers and hooks. Returns hook handles; `unpatch_model` undoes everything."""
+def patch_model(model: nn.Module, runtime: Runtime, signal_layers: int = 1) -> list[torch.utils.hooks.RemovableHandle]:
+    """Install the wrappers and hooks (attention output of the last `signal_layers` layers).
+    Returns hook handles; `unpatch_model` undoes everything."""
     check_supported(model)
     layers = decoder_layers(model)
     handles = []
@@ -89,11 +90,14 @@ def patch_model(model: nn.Module, runtime: Runtime) -> list[torch.utils.hooks.Re
 
         handles.append(layer.post_attention_layernorm.register_forward_pre_hook(residual_hook))
 
-    def attention_hook(_module, _args, output):
-        if runtime.current is not None:
-            runtime.current.attention_output(output[0] if isinstance(output, tuple) else output)
+    if not 1 <= signal_layers <= len(layers):
+        raise ValueError(f"drift.signal_layers must be in 1..{len(layers)} for this model, got {signal_layers}")
+    for index in range(len(layers) - signal_layers, len(layers)):
+        def attention_hook(_module, _args, output, index=index):
+            if runtime.current is not None:
+                runtime.current.attention_output(index, output[0] if isinstance(output, tuple) else output)
 
-    handles.append(layers[-1].self_attn.register_forward_hook(attention_hook))
+        handles.append(layers[index].self_attn.register_forward_hook(attention_hook))
     return handles
 
 

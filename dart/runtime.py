@@ -24,6 +24,7 @@ class ForwardPass:
         self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
         self.signal_rows = [b for b, p in enumerate(phases) if p.collect_signal or p.monitor]
         self._residuals: dict[int, torch.Tensor] = {}
+        self._signal_parts: list[torch.Tensor] = []     # attention outputs of the drift signal layers
 
     def _tokens(self, tensor: torch.Tensor, row: int) -> torch.Tensor:
         """This row's real (non-padding) tokens: [T, *]."""
@@ -51,9 +52,17 @@ class ForwardPass:
         if self.residual_rows:
             self._residuals[layer] = residual
 
-    def attention_output(self, output: torch.Tensor) -> None:
+    def attention_output(self, layer: int, output: torch.Tensor) -> None:
+        """Attention outputs of the signal layers arrive in order; the last layer's completes the signal."""
+        if not self.signal_rows:
+            return
+        self._signal_parts.append(output)
+        if layer < self.states[0].shape.num_layers - 1:
+            return
+        signal = self._signal_parts[0] if len(self._signal_parts) == 1 else torch.cat(self._signal_parts, dim=-1)
+        self._signal_parts = []
         for b in self.signal_rows:
-            self.states[b].observe_signal(self._tokens(output, b))
+            self.states[b].observe_signal(self._tokens(signal, b))
 
 
 def batch_masks(states: list[SequenceState], phases: list[ForwardPhase], dtype: torch.dtype,

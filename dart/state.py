@@ -75,19 +75,24 @@ class SequenceState:
         self.drift_cosine_positions: list[int] = []
         self.peak_state_bytes = 0
         self.ledger = ForwardLedger()
+        self.auto_counts: list[int] | None = None      # the auto budget of the last epoch that formed one
         self._phase = DENSE
         self._drift_fired = False
         self._reset_epoch(carry=None)
 
     # ---- schedule -------------------------------------------------------------------------
     def epoch_mask_step(self) -> int:
-        step = self.cfg.effective_mask_step
-        if self.epoch > 0:
-            step = max(step, self.cfg.drift.recalibration_tokens)
-        return step
+        """Forward of this epoch at which masks form. Under 'carry' a new epoch keeps its budgets and
+        re-selects at once, so it needs no dense forward."""
+        if self.epoch == 0:
+            return self.cfg.effective_mask_step
+        if self.cfg.drift.policy == "carry":
+            return self.cfg.drift.recalibration_tokens
+        return max(self.cfg.effective_mask_step, self.cfg.drift.recalibration_tokens)
 
-    def begin_forward(self) -> ForwardPhase:
-        """Decide this forward's phase; masks due at f = m > 0 form here from the calibration set."""
+    def begin_forward(self, tokens: int = 1) -> ForwardPhase:
+        """Decide this forward's phase (tokens: this row's real tokens in it); masks due at f = m > 0
+        form here from the calibration set."""
         cfg = self.cfg
         released = cfg.release_step is not None and self.forward >= cfg.release_step
         if not cfg.prunes or released:
@@ -96,17 +101,18 @@ class SequenceState:
             self._phase = DENSE
             return DENSE
         f, m, drift = self.epoch_forward, self.epoch_mask_step(), cfg.drift_enabled
+        waiting = drift and self.monitor is None       # the epoch's baseline has not formed yet
+        baseline = waiting and f >= m and self.signal.count + tokens >= cfg.drift.baseline_tokens
         if f < m:
-            self._phase = ForwardPhase(calibrate=True, collect_signal=drift)
-        elif f == m:
-            if m == 0:
-                self._phase = ForwardPhase(calibrate=True, form_in_forward=True, masked=True,
-                                           collect_signal=drift, form_baseline=drift)
-            else:
-                self._form_all()
-                self._phase = ForwardPhase(masked=True, collect_signal=drift, form_baseline=drift)
+            self._phase = ForwardPhase(calibrate=True, collect_signal=waiting)
+        elif f == m and m == 0:
+            self._phase = ForwardPhase(calibrate=True, form_in_forward=True, masked=True,
+                                       collect_signal=waiting, form_baseline=baseline)
         else:
-            self._phase = ForwardPhase(masked=True, monitor=drift and self.monitor is not None)
+            if f == m:
+                self._form_all()
+            self._phase = ForwardPhase(masked=True, collect_signal=waiting, form_baseline=baseline,
+                                       monitor=drift and self.monitor is not None)
         return self._phase
 
     def end_forward(self, tokens: int, compact: bool) -> None:
@@ -137,7 +143,8 @@ class SequenceState:
         self.cos_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
         self.ratio_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
         self.residual_tokens = [0] * shape.num_layers
-        self.signal = SignalAccumulator(shape.hidden, self.cfg.drift.window) if self.cfg.drift_enabled else None
+        self.signal = SignalAccumulator(shape.hidden * self.cfg.drift.signal_layers,
+                                                     self.cfg.drift.window) if self.cfg.drift_enabled else None
         self.monitor: DriftMonitor | None = None
 
     # ---- statistics -----------------------------------------------------------------------
@@ -196,11 +203,14 @@ class SequenceState:
     def _keep_counts(self) -> list[int]:
         if self.fixed_counts is not None:
             return self.fixed_counts
+        if self.epoch > 0 and self.cfg.drift.policy == "carry" and self.auto_counts is not None:
+            return self.auto_counts
         if self.cfg.target_sparsity == 0.0:
             return [self.shape.width] * self.shape.num_layers
         tokens = torch.tensor(self.residual_tokens, dtype=torch.float64).clamp_min(1)
-        return budget.auto_counts(self.cos_sum / tokens, self.ratio_sum / tokens, self.cfg.target_sparsity,
-                                  self.shape.width, self.cfg.auto)
+        self.auto_counts = budget.auto_counts(self.cos_sum / tokens, self.ratio_sum / tokens,
+                                              self.cfg.target_sparsity, self.shape.width, self.cfg.auto)
+        return self.auto_counts
 
     def _select(self, layer: int, keep: int) -> torch.Tensor:
         cfg = self.cfg
