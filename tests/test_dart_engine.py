@@ -145,8 +145,9 @@ def test_release_step_runs_dense_after_it(tiny):
     assert all(s > 0.4 for s in t.sparsity_per_token[:10]) and t.sparsity_per_token[10:] == [0.0] * 14
 
 
-def test_statistics_stay_float32_under_bfloat16_weights(tiny_model_dir):
-    model, tokenizer = load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="bfloat16"))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_statistics_stay_float32_under_half_precision_weights(tiny_model_dir, dtype):
+    model, tokenizer = load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype=dtype))
     engine = DartEngine(model, tokenizer, METHODS["dart_auto"])
     try:
         state = engine.new_state()
