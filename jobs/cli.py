@@ -1,0 +1,58 @@
+"""Shared command line of the jobs: `--config FILE key=value ...`, run, print where and a table."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from pipeline.config import load_config
+from pipeline.driver import run_job
+
+logger = logging.getLogger(__name__)
+
+# (column title, summary key, format) of the closing table; quality columns depend on the task.
+COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}")]
+QUALITY = {"summarize": [("ROUGE-L", "rouge_l", "{:.3f}")],
+           "qa": [("F1", "f1", "{:.3f}"), ("EM", "exact_match", "{:.3f}")],
+           "label": [("accuracy", "accuracy", "{:.3f}")]}
+TAIL = [("applied sparsity", "mean_applied_sparsity", "{:.3f}"), ("drift events", "drift_events", "{:d}"),
+        ("tokens/s", "tokens_per_second", "{:.1f}")]
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Two aligned lines: titles, then values ('-' where a value is missing)."""
+    columns = COMMON + QUALITY[summary["task"]] + TAIL
+    titles = [title for title, _, _ in columns]
+    values = ["-" if summary.get(key) is None else fmt.format(summary[key]) for _, key, fmt in columns]
+    widths = [max(len(t), len(v)) for t, v in zip(titles, values)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in (titles, values))
+
+
+def parse_args(task: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m jobs.{task}",
+        description=f"Run the DART {task} job over whole datasets on Ray (resumes a finished or stopped run).")
+    parser.add_argument("--config", help=f"YAML job config, e.g. conf/{task}.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys, e.g. pool.num_actors=4")
+    return parser.parse_args(argv)
+
+
+def main(task: str, argv: list[str] | None = None) -> int:
+    args = parse_args(task, argv)
+    try:
+        config = load_config(args.config, args.overrides, task=task)
+    except (ValueError, OSError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    logging.basicConfig(level=config.control.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run_job(config)
+    except ValueError as err:   # bad input or config found before any work
+        logger.error("%s", err)
+        return 2
+    state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
+    sys.stdout.write(f"run {state}: {summary['run_dir']}\n"
+                     f"parts: {summary['run_dir']}/parts/*.parquet\n{format_table(summary)}\n")
+    return 0

@@ -1,0 +1,122 @@
+"""The Ray actor pool: items go to idle actors; a failed attempt is retried up to pool.max_attempts."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+
+import pyarrow.compute as pc
+
+from .config import JobConfig
+from .plan import WorkItem
+from .prepare import Prepared, read_item_rows, write_failed_item
+from .worker import DartWorker
+
+logger = logging.getLogger(__name__)
+
+
+def package_runtime_env() -> dict:
+    """Ship our packages to every worker, so the checkout need not be installed (job level only)."""
+    import dart
+
+    import pipeline
+
+    return {"py_modules": [os.path.dirname(os.path.abspath(m.__file__)) for m in (dart, pipeline)]}
+
+
+def connect_ray(config: JobConfig) -> None:
+    """Join RAY_ADDRESS / pool.ray_address or a running local cluster; else start one on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.pool.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:  # e.g. under `ray job submit`, whose --working-dir ships the code
+        ray.init(address=address)
+        return
+    try:
+        ray.init(address="auto", runtime_env=package_runtime_env())
+        logger.info("joined the running local Ray cluster")
+    except ConnectionError:
+        ray.init(address="local", num_cpus=config.pool.local_num_cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", runtime_env=package_runtime_env())
+        logger.info("started a local Ray on 127.0.0.1")
+
+
+def start_actors(prep: Prepared) -> list:
+    """num_actors DartWorkers; waits until each has loaded its model (a load error stops the job)."""
+    import ray
+
+    pool = prep.config.pool
+    connect_ray(prep.config)
+    actor_cls = ray.remote(DartWorker).options(
+        num_cpus=pool.cpus_per_actor, num_gpus=pool.num_gpus_per_actor,
+        max_restarts=pool.max_restarts, max_task_retries=0, max_concurrency=1)
+    config_json = prep.config.model_dump_json()
+    actors = [actor_cls.remote(config_json, prep.schema, prep.fingerprint) for _ in range(pool.num_actors)]
+    try:
+        infos = ray.get([a.describe.remote() for a in actors])
+    except ray.exceptions.RayActorError as err:
+        raise RuntimeError(f"a worker failed to start (model load?): {err}") from None
+    for info in infos:
+        logger.info("actor %s on node %s, device %s", info["actor_id"][:8], info["node_id"][:8], info["device"])
+    return actors
+
+
+def _progress(prep: Prepared, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", desc=f"{prep.config.task}", disable=not prep.config.control.progress,
+                dynamic_ncols=True)
+
+
+def run_items(prep: Prepared, todo: list[WorkItem]) -> int:
+    """Run every item in todo to a written part; returns the generated tokens of this invocation."""
+    import ray
+
+    pool = prep.config.pool
+    actors = start_actors(prep)
+    queue = deque((item, 1) for item in todo)
+    rows_of: dict[str, object] = {}
+    in_flight: dict = {}          # ObjectRef -> (actor index, item, attempt)
+    load = [0] * len(actors)
+    rows_done, generated, began = 0, 0, time.perf_counter()
+    bar = _progress(prep, len(todo))
+    try:
+        while queue or in_flight:
+            for a in range(len(actors)):  # fill idle slots, keeping items in plan order
+                while queue and load[a] < pool.in_flight_per_actor:
+                    item, attempt = queue.popleft()
+                    if item.item_id not in rows_of:
+                        rows_of[item.item_id] = read_item_rows(prep, item)
+                    rows = rows_of[item.item_id]
+                    ref = actors[a].run_item.remote(item, rows, attempt)
+                    in_flight[ref] = (a, item, attempt)
+                    load[a] += 1
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            a, item, attempt = in_flight.pop(ready[0])
+            load[a] -= 1
+            try:
+                table = ray.get(ready[0])
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
+                message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:500]}"
+                if attempt < pool.max_attempts:
+                    logger.warning("item %s attempt %d failed (%s); retrying", item.item_id, attempt, message)
+                    queue.appendleft((item, attempt + 1))
+                    continue
+                logger.error("item %s failed %d attempts; writing error rows: %s", item.item_id, attempt, message)
+                write_failed_item(prep, item, rows_of.pop(item.item_id), message, attempt)
+            else:
+                rows_of.pop(item.item_id, None)
+                errors = table.num_rows - pc.sum(pc.equal(table["status"], "ok")).as_py()
+                prep.run.write_part(item, table, {"status": "done", "attempts": attempt, "error_rows": errors})
+                generated += pc.sum(table["generated_tokens"]).as_py() or 0
+            rows_done += item.num_rows
+            bar.update(1)
+            bar.set_postfix(rows_per_s=f"{rows_done / (time.perf_counter() - began):.2f}")
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
+    return generated

@@ -1,0 +1,54 @@
+"""Turn an item's input rows plus per-row values into a table of the declared schema."""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from .plan import WorkItem
+
+
+def derived_id(item: WorkItem, row_index: int) -> str:
+    """The id of a row without an id column: its file and row number."""
+    return f"{item.uri}#{row_index}"
+
+
+def row_ids(item: WorkItem, rows: pa.Table, id_column: str | None) -> tuple[list[str], list[str | None]]:
+    """(ids, problems): the id column as strings; a null id gets a derived id and a problem."""
+    indexes = range(item.start, item.stop)
+    if id_column is None:
+        return [derived_id(item, r) for r in indexes], [None] * rows.num_rows
+    ids, problems = [], []
+    for r, value in zip(indexes, rows.column(id_column).to_pylist()):
+        if value is None:
+            ids.append(derived_id(item, r))
+            problems.append(f"ValueError: id ({id_column}) is null")
+        else:
+            ids.append(value if isinstance(value, str) else str(value))
+            problems.append(None)
+    return ids, problems
+
+
+def build_part(item: WorkItem, rows: pa.Table, ids: list[str], values: list[dict[str, Any]],
+               common: dict[str, Any], schema: pa.Schema, passthrough: list[str]) -> pa.Table:
+    """One output row per input row: ids, pass-through columns, task values, then provenance."""
+    if not (rows.num_rows == len(ids) == len(values) == item.num_rows):
+        raise RuntimeError(f"item {item.item_id}: {item.num_rows} rows planned, {rows.num_rows} read, "
+                           f"{len(values)} produced")
+    columns = {name: rows.column(name).to_pylist() for name in passthrough}
+    records = []
+    for k, (row_id, value) in enumerate(zip(ids, values)):
+        record = {"id": row_id, "source": item.uri, "row_index": item.start + k, "item_id": item.item_id}
+        record.update({name: columns[name][k] for name in passthrough})
+        record.update(common)
+        record.update(value)
+        records.append(record)
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def error_part(item: WorkItem, rows: pa.Table, id_column: str | None, error: str,
+               common: dict[str, Any], schema: pa.Schema, passthrough: list[str]) -> pa.Table:
+    """Every row of an item that failed all its attempts, as an error row."""
+    ids, _ = row_ids(item, rows, id_column)
+    values = [{"status": "error", "error": error}] * len(ids)
+    return build_part(item, rows, ids, values, common, schema, passthrough)

@@ -1,0 +1,102 @@
+"""The declared output schema of every part, and the rows that fill it."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import pyarrow as pa
+
+from dart.telemetry import SequenceTelemetry
+
+# Task outputs beside the shared `output` string column (the summary, the answer, the label).
+TASK_FIELDS: dict[str, list[pa.Field]] = {
+    "summarize": [
+        pa.field("document_tokens", pa.int64()),
+        pa.field("truncated", pa.bool_()),
+        pa.field("reference", pa.string()),
+        pa.field("rouge_l", pa.float64()),
+        pa.field("rouge_1", pa.float64()),
+        pa.field("rouge_2", pa.float64()),
+        pa.field("reference_nll", pa.float64()),     # null unless summarize.reference_nll
+    ],
+    "qa": [
+        pa.field("context_tokens", pa.int64()),
+        pa.field("truncated", pa.bool_()),
+        pa.field("references", pa.list_(pa.string())),
+        pa.field("f1", pa.float64()),
+        pa.field("exact_match", pa.float64()),
+        pa.field("reference_nll", pa.float64()),     # null unless qa.reference_nll
+    ],
+    "label": [
+        pa.field("label_index", pa.int64()),
+        pa.field("choices", pa.list_(pa.string())),
+        pa.field("choice_logprobs", pa.list_(pa.float64())),
+        pa.field("choice_token_counts", pa.list_(pa.int64())),
+        pa.field("gold_label", pa.string()),
+        pa.field("correct", pa.bool_()),
+    ],
+}
+
+HEAD_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),      # input file URI
+    pa.field("row_index", pa.int64(), nullable=False),    # row within that file
+    pa.field("item_id", pa.string(), nullable=False),
+]
+
+TAIL_FIELDS = [
+    pa.field("status", pa.string(), nullable=False),      # "ok" | "error"
+    pa.field("error", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("model_fingerprint", pa.string()),
+    pa.field("dart_method", pa.string()),
+    pa.field("config_fingerprint", pa.string()),
+    pa.field("actor_id", pa.string()),
+    pa.field("node_id", pa.string()),
+    pa.field("device", pa.string()),
+    pa.field("attempt", pa.int64()),
+    pa.field("item_started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("item_seconds", pa.float64()),
+    pa.field("batch_seconds", pa.float64()),
+]
+
+# Columns that depend on where and when a row ran, not on what it computed.
+RUN_DEPENDENT = ("actor_id", "node_id", "device", "attempt", "item_started_at", "item_seconds",
+                 "batch_seconds", "prefill_seconds", "decode_seconds")
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        return pa.list_(_arrow_type(args[0]))
+    if args and type(None) in args:  # X | None
+        return _arrow_type(next(a for a in args if a is not type(None)))
+    return {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}[annotation]
+
+
+def telemetry_fields() -> list[pa.Field]:
+    """SequenceTelemetry flattened: one column per field, lists as list columns (DART_SPEC 8)."""
+    hints = typing.get_type_hints(SequenceTelemetry)
+    return [pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(SequenceTelemetry)
+            if f.name != "method"]   # the method is the dart_method column
+
+
+def output_schema(task: str, passthrough: list[pa.Field]) -> pa.Schema:
+    """Head, pass-through columns, task output, telemetry, status/provenance/timings."""
+    names = {f.name for f in HEAD_FIELDS + TAIL_FIELDS + TASK_FIELDS[task]} | {"output"}
+    clash = [f.name for f in passthrough if f.name in names]
+    if clash:
+        raise ValueError(f"pass-through column(s) {clash} clash with output columns; rename them")
+    fields = [*HEAD_FIELDS, *passthrough, pa.field("output", pa.string()), *TASK_FIELDS[task],
+              *telemetry_fields(), *TAIL_FIELDS]
+    return pa.schema(fields, metadata={"dart_pipeline.task": task})
+
+
+def telemetry_values(telemetry: SequenceTelemetry | None) -> dict[str, Any]:
+    if telemetry is None:
+        return {}
+    values = telemetry.to_dict()
+    values.pop("method", None)
+    return values

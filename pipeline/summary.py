@@ -1,0 +1,42 @@
+"""Run summary from the parts on disk: counts, tokens, sparsity, drift, quality, throughput."""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+QUALITY = {"summarize": {"rouge_l": "rouge_l"}, "qa": {"f1": "f1", "exact_match": "exact_match"},
+           "label": {"accuracy": "correct"}}
+
+
+def _mean(column: pa.ChunkedArray) -> float | None:
+    if column.null_count == len(column):
+        return None
+    return pc.mean(pc.cast(column, pa.float64())).as_py()
+
+
+def summarize_table(table: pa.Table, task: str) -> dict[str, Any]:
+    """Totals over every output row; quality metrics over rows that have them."""
+    ok = pc.equal(table["status"], "ok")
+    okt = table.filter(ok)
+    generated = pc.sum(okt["generated_tokens"]).as_py() or 0
+    prompt = pc.sum(okt["prompt_tokens"]).as_py() or 0
+    if generated:  # token-weighted, as the spec defines applied sparsity
+        weighted = pc.sum(pc.multiply(okt["applied_sparsity"], pc.cast(okt["generated_tokens"], pa.float64())))
+        sparsity = weighted.as_py() / generated
+    else:
+        sparsity = _mean(okt["applied_sparsity"]) if okt.num_rows else None
+    summary = {
+        "items": len(pc.unique(table["item_id"])) if table.num_rows else 0,
+        "rows": table.num_rows,
+        "ok_rows": okt.num_rows,
+        "error_rows": table.num_rows - okt.num_rows,
+        "prompt_tokens": prompt,
+        "generated_tokens": generated,
+        "mean_applied_sparsity": sparsity,
+        "drift_events": pc.sum(okt["drift_events"]).as_py() or 0,
+    }
+    for name, column in QUALITY[task].items():
+        summary[name] = _mean(okt[column]) if okt.num_rows else None
+    return summary
