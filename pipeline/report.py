@@ -1,0 +1,252 @@
+"""The study report: per-config table with bootstrap CIs, paired comparisons, written findings, plots.
+
+Every number is read from per-item results (pipeline.study.collect): quality from the task's
+metrics, sparsity from telemetry (token-weighted FFN sparsity applied per generated token), never
+from the configured budget.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .stats import EMPTY, Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
+from .study import QUALITY_METRICS, StudyConfig
+
+logger = logging.getLogger(__name__)
+
+# Columns every task has beside its quality metrics: (column, title, lower is better).
+AGREEMENT = [("dense_rouge_l", "agreement with dense (ROUGE-L)"), ("dense_word_match", "word match with dense"),
+             ("dense_exact", "identical to dense"), ("reference_nll", "reference NLL / token")]
+
+
+def _boot(study: StudyConfig) -> dict[str, Any]:
+    s = study.study
+    return {"samples": s.bootstrap_samples, "seed": s.seed, "confidence": s.confidence}
+
+
+def _put(row: dict[str, Any], name: str, est: Estimate) -> None:
+    row[name], row[f"{name}_low"], row[f"{name}_high"] = est.value, est.low, est.high
+
+
+def _est(row: pd.Series, name: str) -> Estimate:
+    value = row.get(name, np.nan)
+    if value is None or pd.isna(value):
+        return EMPTY
+    return Estimate(float(value), float(row[f"{name}_low"]), float(row[f"{name}_high"]), int(row["ok_items"]))
+
+
+def _ok(group: pd.DataFrame) -> pd.DataFrame:
+    return group[group["status"] == "ok"]
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values of `column` of the same items (by id) in a and b; items missing on either side dropped."""
+    both = a[["id", column]].merge(b[["id", column]], on="id", suffixes=("_a", "_b")).dropna()
+    return both[f"{column}_a"].to_numpy(float), both[f"{column}_b"].to_numpy(float)
+
+
+def summary_frame(results: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
+    """One row per (dataset, config), in sweep order: counts, estimates with CIs, costs."""
+    boot, rows = _boot(study), []
+    for (dataset, config), group in results.groupby(["dataset", "config"], sort=False):
+        ok, first = _ok(group), group.iloc[0]
+        base = _ok(results[(results["dataset"] == dataset) & (results["variant"] == study.study.baseline)])
+        row = {key: first[key] for key in ("dataset", "config", "task", "variant", "budget", "method",
+                                            "budget_kind", "target_sparsity")}
+        row.update(items=len(group), ok_items=len(ok), error_items=len(group) - len(ok))
+        tokens = ok["generated_tokens"].astype(float)
+        _put(row, "applied_sparsity", bootstrap_ratio(ok["applied_sparsity"] * tokens, tokens, **boot))
+        for column, _ in QUALITY_METRICS[first["task"]] + AGREEMENT:
+            values = ok[column] if column in ok else pd.Series(dtype=float)
+            _put(row, column, bootstrap_mean(pd.to_numeric(values, errors="coerce"), **boot))
+        _put(row, "quality", bootstrap_mean(ok["quality"], **boot))
+        _put(row, "retained", bootstrap_ratio(*_paired(ok, base, "quality"), **boot) if len(base) else EMPTY)
+        _put(row, "tokens_per_second", bootstrap_mean(ok["tokens_per_second"], **boot))
+        row["drift_events_per_item"] = ok["drift_events"].mean()
+        row["items_with_drift"] = (ok["drift_events"] > 0).mean()
+        row["generated_tokens_per_item"] = tokens.mean()
+        dense_flops = ok["ffn_flops_dense"].sum()
+        row["kept_flops_ratio"] = ok["ffn_flops_kept"].sum() / dense_flops if dense_flops else np.nan
+        row["executed_flops_ratio"] = ok["ffn_flops_executed"].sum() / dense_flops if dense_flops else np.nan
+        row["state_bytes_mean"] = ok["dart_state_bytes"].mean()
+        row["state_bytes_max"] = ok["dart_state_bytes"].max()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict(a: str, b: str, metric: str, diff: Estimate, sparsity_a: float, sparsity_b: float,
+            tolerance: float) -> str:
+    """One plain sentence: does a beat b on metric at equal applied sparsity?"""
+    gap = sparsity_a - sparsity_b
+    if diff.n == 0:
+        return f"{a} vs {b}: no paired items."
+    if abs(gap) <= tolerance:
+        where = f"at equal applied sparsity ({sparsity_a:.3f} vs {sparsity_b:.3f})"
+        if diff.low > 0:
+            return f"{a} beats {b} {where}: {metric} {diff.value:+.4f}, CI above 0."
+        if diff.high < 0:
+            return f"{a} does not beat {b} {where}: it is worse, {metric} {diff.value:+.4f}, CI below 0."
+        return (f"{a} does not beat {b} {where}: {metric} difference {diff.value:+.4f} "
+                f"[{diff.low:+.4f}, {diff.high:+.4f}] includes 0.")
+    side = "less" if gap < 0 else "more"
+    head = f"{a} applies {side} sparsity than {b} ({sparsity_a:.3f} vs {sparsity_b:.3f}, not equal within {tolerance})"
+    if gap > 0 and diff.low >= 0:
+        return f"{head} and is at least as good ({metric} {diff.value:+.4f}, CI low {diff.low:+.4f}): {a} beats {b}."
+    if gap < 0 and diff.high <= 0:
+        return f"{head} and is no better ({metric} {diff.value:+.4f}): {a} does not beat {b}."
+    return (f"{head}; {metric} difference {diff.value:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]: "
+            f"not a comparison at equal sparsity, so it does not show that {a} beats {b}.")
+
+
+def comparisons_frame(results: pd.DataFrame, summary: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
+    """Paired differences a - b (same items) at each budget both variants ran."""
+    boot, rows = _boot(study), []
+    for dataset in summary["dataset"].unique():
+        in_ds = summary[summary["dataset"] == dataset]
+        task = in_ds["task"].iloc[0]
+        metric = QUALITY_METRICS[task][0][1]
+        for a, b in study.study.compare:
+            for budget in in_ds.loc[in_ds["variant"] == a, "budget"]:
+                sa = in_ds[(in_ds["variant"] == a) & (in_ds["budget"] == budget)]
+                sb = in_ds[(in_ds["variant"] == b) & (in_ds["budget"] == budget)]
+                if sb.empty:
+                    continue
+                pick = lambda v: _ok(results[(results["dataset"] == dataset) & (results["variant"] == v)  # noqa: E731
+                                             & (results["budget"] == budget)])
+                ra, rb = pick(a), pick(b)
+                diff = paired_difference(*_paired(ra, rb, "quality"), **boot)
+                agree = paired_difference(*_paired(ra, rb, "dense_rouge_l"), **boot)
+                s_a, s_b = float(sa["applied_sparsity"].iloc[0]), float(sb["applied_sparsity"].iloc[0])
+                row = {"dataset": dataset, "a": f"{a}@{budget}", "b": f"{b}@{budget}", "metric": metric,
+                       "paired_items": diff.n, "applied_sparsity_a": s_a, "applied_sparsity_b": s_b,
+                       "equal_sparsity": abs(s_a - s_b) <= study.study.equal_sparsity_tolerance,
+                       "verdict": verdict(f"{a}@{budget}", f"{b}@{budget}", metric, diff, s_a, s_b,
+                                          study.study.equal_sparsity_tolerance)}
+                _put(row, "quality_diff", diff)
+                _put(row, "agreement_diff", agree)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def findings(summary: pd.DataFrame, comparisons: pd.DataFrame, study: StudyConfig) -> list[str]:
+    """Plain-language lines per dataset: quality retained at the applied sparsity, then the verdicts."""
+    lines = []
+    for dataset in summary["dataset"].unique():
+        in_ds = summary[summary["dataset"] == dataset]
+        metric = QUALITY_METRICS[in_ds["task"].iloc[0]][0][1]
+        lines.append(f"**{dataset}** ({int(in_ds['items'].max())} items, quality = {metric}):")
+        for _, row in in_ds.iterrows():
+            if row["variant"] == study.study.baseline:
+                lines.append(f"- {row['config']} (baseline): {metric} {_est(row, 'quality').format()} at applied "
+                             f"sparsity {row['applied_sparsity']:.3f}.")
+                continue
+            lines.append(
+                f"- {row['config']}: retains {_est(row, 'retained').format('{:.1%}')} of {study.study.baseline} "
+                f"{metric} ({row['quality']:.4f}) at applied FFN sparsity {row['applied_sparsity']:.3f} "
+                f"(target {row['target_sparsity']:.2f}); output agreement with {study.study.baseline} "
+                f"(ROUGE-L) {row['dense_rouge_l']:.3f}; {row['drift_events_per_item']:.2f} drift events per item.")
+        for _, row in comparisons[comparisons["dataset"] == dataset].iterrows() if len(comparisons) else []:
+            lines.append(f"- **Verdict:** {row['verdict']}")
+        lines.append("")
+    return lines
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _f(value: Any, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None or pd.isna(value) else fmt.format(value)
+
+
+def results_table(summary: pd.DataFrame) -> str:
+    """The main table: one line per config."""
+    headers = ["dataset", "config", "items (errors)", "target sparsity", "applied sparsity [95% CI]", "quality [CI]",
+               "retained vs dense [CI]", "agreement w/ dense ROUGE-L [CI]", "ref. NLL/token [CI]",
+               "drift events/item", "tokens/s/seq", "kept FLOPs", "executed FLOPs", "state KiB"]
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append([r["dataset"], r["config"], f"{r['items']} ({r['error_items']})", _f(r["target_sparsity"], "{:.2f}"),
+                     _est(r, "applied_sparsity").format(), _est(r, "quality").format("{:.4f}"),
+                     _est(r, "retained").format("{:.1%}"), _est(r, "dense_rouge_l").format(),
+                     _est(r, "reference_nll").format(), _f(r["drift_events_per_item"], "{:.2f}"),
+                     _f(r["tokens_per_second"], "{:.1f}"), _f(r["kept_flops_ratio"]), _f(r["executed_flops_ratio"]),
+                     _f(r["state_bytes_mean"] / 1024, "{:.1f}")])
+    return markdown_table(headers, rows)
+
+
+def metrics_table(summary: pd.DataFrame) -> str:
+    """Every quality metric of each config (means with CIs)."""
+    rows = []
+    for _, r in summary.iterrows():
+        cells = [f"{title} {_est(r, column).format()}" for column, title in QUALITY_METRICS[r["task"]] + AGREEMENT
+                 if not pd.isna(r.get(column, np.nan))]
+        rows.append([r["dataset"], r["config"], "; ".join(cells)])
+    return markdown_table(["dataset", "config", "metrics (mean [CI])"], rows)
+
+
+def comparisons_table(comparisons: pd.DataFrame) -> str:
+    if comparisons.empty:
+        return "No paired comparison applies (study.compare names no pair that ran at a common budget)."
+    rows = [[r["dataset"], f"{r['a']} - {r['b']}", str(r["paired_items"]),
+             f"{r['applied_sparsity_a']:.3f} / {r['applied_sparsity_b']:.3f}", "yes" if r["equal_sparsity"] else "no",
+             _est(r.rename({"paired_items": "ok_items"}), "quality_diff").format("{:+.4f}"),
+             _est(r.rename({"paired_items": "ok_items"}), "agreement_diff").format("{:+.4f}")]
+            for _, r in comparisons.iterrows()]
+    return markdown_table(["dataset", "a - b", "paired items", "applied sparsity a / b", "equal (tol.)",
+                           "quality diff [CI]", "agreement diff [CI]"], rows)
+
+
+def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: pd.DataFrame, lines: list[str],
+                    plots: list[Path], study: StudyConfig) -> str:
+    s = study.study
+    model = results["model"].dropna().iloc[0] if results["model"].notna().any() else "?"
+    parts = [
+        f"# Study `{s.name}`", "",
+        f"Model `{model}`; datasets {', '.join(summary['dataset'].unique())}; {len(summary)} configs; "
+        f"{int(summary['items'].max())} items per config. Intervals: {s.confidence:.0%} percentile bootstrap over "
+        f"items ({s.bootstrap_samples} resamples, seed {s.seed}); differences are paired by item.", "",
+        "## Findings", "", *lines,
+        "## Results", "", results_table(summary), "",
+        "## All quality metrics", "", metrics_table(summary), "",
+        "## Paired comparisons (same items)", "", comparisons_table(comparisons), "",
+        "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",
+        "## How to read this", "",
+        "- *Applied sparsity*: the FFN sparsity actually applied to produce each generated token, from the "
+        "engine's telemetry, token-weighted over all generated tokens. Dense calibration forwards (the prefill, "
+        "and the first forward of each new epoch after a drift event) count as 0. *Target*: the configured budget.",
+        f"- *Retained*: the config's mean quality over the {s.baseline} mean on the same items.",
+        f"- *Agreement with dense*: ROUGE-L of each output against the {s.baseline} output of the same item.",
+        "- *Reference NLL*: teacher-forced mean negative log-likelihood per reference token after the prompt, "
+        "under the masks formed from the prompt (no drift inside the reference, so static and DART at one budget "
+        "score the same); lower is better.",
+        "- *kept FLOPs*: FFN FLOPs of kept neurons over dense (prompt and generated tokens). *executed FLOPs*: "
+        "what was computed; masked batches compute every neuron (1.0), only the compact path saves.",
+        "- *tokens/s/seq*: generated tokens over the sequence's prefill + decode time inside its batch; machines "
+        "shared with other work make it noisy.",
+        f"- Equal applied sparsity means within {s.equal_sparsity_tolerance}.",
+        "- Why applied, not configured: the published DART code runs all but its last FFN layer dense after its "
+        "first drift event (DART_SPEC.md, defects 2-3), so its configured 50% can mean about 15% applied. This "
+        "engine re-masks every layer after a drift event; the applied sparsity shows what each run really did.", ""]
+    return "\n".join(parts)
+
+
+def write_report(results: pd.DataFrame, study: StudyConfig, root: Path) -> dict[str, Any]:
+    """summary.csv, comparisons.csv, the PNG plots and report.md in root; returns their paths."""
+    from . import report_plots
+    from .store import write_atomic_bytes
+
+    summary = summary_frame(results, study)
+    comparisons = comparisons_frame(results, summary, study)
+    summary.to_csv(root / "summary.csv", index=False)
+    comparisons.to_csv(root / "comparisons.csv", index=False)
+    plots = report_plots.plot_all(results, summary, study, root)
+    text = markdown_report(results, summary, comparisons, findings(summary, comparisons, study), plots, study)
+    write_atomic_bytes(root / "report.md", text.encode())
+    return {"report": str(root / "report.md"), "summary_csv": str(root / "summary.csv"),
+            "plots": [str(p) for p in plots], "summary": summary, "comparisons": comparisons}

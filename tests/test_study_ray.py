@@ -1,0 +1,82 @@
+"""A tiny study end to end through Ray: three configs on the tiny Llama, report files on disk, resume."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from pipeline_fixtures import ray_cluster, write_docs  # noqa: F401
+
+from pipeline.study import StudyConfig, expand, run_study
+
+
+def tiny_study(model_dir, data_dir, out) -> StudyConfig:
+    return StudyConfig.model_validate({
+        "study": {"name": "tiny", "output": str(out), "limit": 6, "bootstrap_samples": 200},
+        "base": {"model": {"source": str(model_dir), "device": "cpu"}, "generation": {"max_new_tokens": 6, "stop_on_eos": False},
+                 "pool": {"num_actors": 1, "batch_size": 3}, "summarize": {"max_document_tokens": 48,
+                                                                           "reference_nll": True},
+                 "control": {"progress": False}},
+        "variants": [{"name": "dense", "dart": {"method": "dense"}}, {"name": "static", "dart": {"method": "static"}},
+                     {"name": "dart", "dart": {"method": "dart", "drift": {"window": 1}}}],
+        "budgets": [{"name": "auto50", "dart": {"budget": "auto", "keep_ratio": 0.5}}],
+        "datasets": [{"name": "docs", "job": {"task": "summarize", "input": {
+            "paths": [str(data_dir)], "text_column": "document", "reference_column": "summary",
+            "rows_per_item": 3}}}],
+    })
+
+
+@pytest.fixture(scope="module")
+def study_run(ray_cluster, tiny_model_dir, tmp_path_factory):  # noqa: F811
+    data = tmp_path_factory.mktemp("docs")
+    write_docs(data, bad_rows=False)
+    study = tiny_study(tiny_model_dir, data, tmp_path_factory.mktemp("studies"))
+    return study, run_study(study)
+
+
+def test_study_writes_results_report_and_plots(study_run):
+    study, out = study_run
+    root = study.directory
+    assert out["complete"] and out["configs"] == 3
+    for name in ("study.yaml", "runs.json", "results.parquet", "summary.csv", "comparisons.csv", "report.md",
+                 "pareto_docs.png", "drift_docs.png", "layers_docs.png", "cost_docs.png"):
+        assert (root / name).is_file(), name
+    results = pq.read_table(root / "results.parquet").to_pandas()
+    assert len(results) == 3 * 6                                   # limit 6 rows x 3 configs
+    assert set(results["config"]) == {"dense", "static@auto50", "dart@auto50"}
+    ids = {c: sorted(g["id"]) for c, g in results.groupby("config")}
+    assert ids["dense"] == ids["static@auto50"] == ids["dart@auto50"]        # the same items everywhere
+    dense = results[results["config"] == "dense"]
+    assert (dense["dense_rouge_l"] == 1.0).all() and (dense["applied_sparsity"] == 0).all()
+    assert results["reference_nll"].notna().all() and (results["reference_nll"] > 0).all()
+    assert results["rouge_1"].notna().all() and results["rouge_2"].notna().all()
+    summary = pd.read_csv(root / "summary.csv")
+    static = summary[summary["config"] == "static@auto50"].iloc[0]
+    per_token = results[results["config"] == "static@auto50"]["sparsity_per_token"]
+    assert all(s[0] == 0.0 and all(0.45 < x <= 0.5 for x in s[1:]) for s in per_token)   # prefill dense, then ~50%
+    assert static["applied_sparsity"] == pytest.approx(sum(sum(s) for s in per_token) / 36)  # token-weighted
+    assert static["applied_sparsity_low"] <= static["applied_sparsity"] <= static["applied_sparsity_high"]
+    text = (root / "report.md").read_text()
+    assert "## Findings" in text and "Verdict" in text and "![pareto_docs](pareto_docs.png)" in text
+    assert len(json.loads((root / "runs.json").read_text())) == 3
+
+
+def test_rerun_resumes_every_config_and_report_only_runs_nothing(study_run):
+    study, first = study_run
+    again = run_study(study)
+    runs = json.loads((study.directory / "runs.json").read_text())
+    assert again["complete"] and all(r["skipped_items"] == r["planned_items"] == 2 for r in runs)
+    assert again["summary"]["applied_sparsity"].tolist() == first["summary"]["applied_sparsity"].tolist()
+    only = run_study(study, report_only=True)
+    assert only["complete"] and only["summary"]["quality"].tolist() == first["summary"]["quality"].tolist()
+
+
+def test_runs_share_items_and_keep_apart_by_fingerprint(study_run):
+    study, _ = study_run
+    runs = expand(study)
+    from pipeline.prepare import prepare
+
+    preps = [prepare(r.config) for r in runs]
+    assert len({p.run.root for p in preps}) == 3
+    assert all([it.item_id for it in p.plan] == [it.item_id for it in preps[0].plan] for p in preps)
