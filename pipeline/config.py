@@ -50,7 +50,7 @@ class InputConfig(FrozenModel):
                              "fsspec/pyarrow URIs (s3://...), or Hugging Face dataset names.")
     hf_split: str = Field("train", description="Split to load when a path is a Hugging Face dataset name.")
     id_column: str | None = Field("id", description="Column with each row's id; null derives "
-                                  "'<file>:<row>' ids deterministically.")
+                                  "'<file>#<row>' ids deterministically.")
     text_column: str | None = Field(None, description="summarize: the document; qa: the context (optional).")
     question_column: str | None = Field(None, description="qa and label: the question.")
     choices_column: str | None = Field(None, description="label: list of answer choices per row "
@@ -165,6 +165,8 @@ class TestingConfig(FrozenModel):
 
     fail_ids: list[str] = Field(default_factory=list, description="A work item containing one of these "
                                 "row ids raises on every attempt (tests the bounded retries).")
+    delay_seconds: float = Field(0, ge=0, le=60, description="Each work item sleeps this long before it "
+                                 "runs (tests stop a worker or the driver in the middle of an item).")
 
 
 class JobConfig(FrozenModel):
@@ -249,7 +251,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), task: str | 
     data: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text()
-        loaded = yaml.safe_load(text)
+        try:
+            loaded = yaml.safe_load(text)   # plain data only: python tags are refused, never run
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not a plain YAML config: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping")
         data = loaded or {}

@@ -24,6 +24,9 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         logger.info("%d of %d work items already done; skipping them", skipped, len(prep.plan))
     if config.control.max_items is not None:
         todo = todo[:config.control.max_items]
+    if not prep.plan:
+        logger.warning("input %s has no rows: the run is complete with an empty output", config.input.paths)
+        prep.run.write_empty(prep.schema)
     generated = 0
     if todo:
         prep.run.unfinish()
@@ -34,7 +37,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                "planned_items": len(prep.plan), "done_items": done, "skipped_items": skipped,
                "complete": done == len(prep.plan), "wall_seconds": wall,
                "tokens_per_second": generated / wall if wall > 0 else None}
-    if done:
+    if done or not prep.plan:
         summary.update(summarize_table(prep.run.read(), config.task))
     if summary["complete"]:
         prep.run.finish(summary)

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import JobConfig, dump_config
 from .plan import WorkItem, plan_digest, plan_items
 from .records import error_part
 from .schema import output_schema
-from .sources import SourceFile, check_columns, read_rows, resolve_inputs
+from .sources import GLOB_CHARS, SourceFile, check_columns, read_rows, resolve_inputs
 from .store import RunDir
 
 logger = logging.getLogger(__name__)
@@ -27,27 +28,85 @@ class Prepared:
     schema: pa.Schema
     fingerprint: str
     run: RunDir
+    duplicates: dict[tuple[int, int], str] = field(default_factory=dict)  # (source, row) -> error
+
+    def known_problems(self, item: WorkItem) -> dict[int, str]:
+        """Problems found before work in this item's rows, by row offset within the item."""
+        found = ((row, self.duplicates.get((item.source_index, row))) for row in range(item.start, item.stop))
+        return {row - item.start: error for row, error in found if error is not None}
 
 
 def _local_dir(uri: str) -> Path | None:
     return None if "://" in uri and not uri.startswith("file://") else Path(uri.removeprefix("file://")).resolve()
 
 
+def _input_root(path: str) -> Path | None:
+    """The local file or directory an input path reads: a glob's fixed leading directory."""
+    local = _local_dir(path)
+    if local is None:
+        return None
+    text = str(local)
+    cut = min((text.index(c) for c in GLOB_CHARS if c in text), default=None)
+    if cut is not None:
+        return Path(text[:cut].rsplit("/", 1)[0] or "/")
+    return local if local.exists() else None
+
+
 def check_output_location(config: JobConfig, sources: list[SourceFile]) -> None:
-    """The output must never be inside an input directory, nor hold an input file."""
+    """The output must never be inside an input path (a glob's directory included), nor hold an input file."""
     out = Path(config.output.dir).expanduser().resolve()
     for path in config.input.paths:
-        local = _local_dir(path)
-        if local is not None and local.is_dir() and out.is_relative_to(local):
-            raise ValueError(f"output.dir {out} is inside input directory {local}; choose another output.dir")
-        if local is not None and "**" in path:
-            root = Path(str(local).split("**", 1)[0])
-            if out.is_relative_to(root):
-                raise ValueError(f"output.dir {out} is under the recursive input glob {path}")
+        root = _input_root(path)
+        if root is not None and out.is_relative_to(root):
+            raise ValueError(f"output.dir {out} is inside input directory {root} (input path {path!r}); "
+                             "choose another output.dir")
     for src in sources:
         local = _local_dir(src.uri)
         if local is not None and local.is_relative_to(out):
             raise ValueError(f"input file {src.uri} is inside output.dir {out}; choose another output.dir")
+
+
+def find_duplicate_ids(sources: list[SourceFile], plan: list[WorkItem],
+                       id_column: str | None) -> dict[tuple[int, int], str]:
+    """(source, row) -> error for every planned row whose id an earlier row (in plan order) already has.
+    The first keeps the id and runs; the later ones become error rows, so nothing is lost and
+    ids of ok rows stay unique. Reads only the id column."""
+    if id_column is None:
+        return {}
+    stops: dict[int, int] = {}
+    for item in plan:
+        stops[item.source_index] = max(stops.get(item.source_index, 0), item.stop)
+    tables = []
+    for index, stop in stops.items():
+        ids = read_rows(sources[index], 0, stop, [id_column]).column(id_column)
+        try:
+            ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise ValueError(f"id column {id_column!r} of {sources[index].uri} has type {ids.type}; "
+                             "ids must be strings or numbers (or set input.id_column: null)") from None
+        tables.append(pa.table({"id": ids, "source": pa.array([index] * stop, pa.int64()),
+                                "row": pa.array(range(stop), pa.int64())}))
+    if not tables:
+        return {}
+    rows = pa.concat_tables(tables).filter(pc.is_valid(pc.field("id")))
+    counts = rows.group_by("id").aggregate([("id", "count")])
+    repeated = counts.filter(pc.greater(counts["id_count"], 1)).column("id")
+    if len(repeated) == 0:
+        return {}
+    first: dict[bytes, tuple[int, int]] = {}
+    found = {}
+    dups = rows.filter(pc.is_in(rows["id"], value_set=repeated))
+    dups = dups.sort_by([("source", "ascending"), ("row", "ascending")])
+    for value, source, row in zip(pc.cast(dups["id"], pa.binary()).to_pylist(), dups["source"].to_pylist(),
+                                  dups["row"].to_pylist()):
+        if value in first:
+            where = first[value]
+            found[(source, row)] = (f"ValueError: duplicate id {value.decode(errors='replace')!r} "
+                                    f"({id_column}); first at {sources[where[0]].uri}#{where[1]}")
+        else:
+            first[value] = (source, row)
+    logger.warning("%d row(s) repeat an earlier row's id (%s); they become error rows", len(found), id_column)
+    return found
 
 
 def prepare(config: JobConfig) -> Prepared:
@@ -63,11 +122,12 @@ def prepare(config: JobConfig) -> Prepared:
     first = sources[0].schema
     schema = output_schema(config.task, [first.field(c) for c in inp.passthrough_columns])
     plan = plan_items(sources, inp.rows_per_item, inp.limit)
+    duplicates = find_duplicate_ids(sources, plan, inp.id_column)
     fingerprint = config.fingerprint(plan_digest(plan))
     run = RunDir.open(config.output.dir, config.task, fingerprint, dump_config(config), plan)
     logger.info("%d input file(s), %d rows, %d work items; run %s", len(sources),
                 sum(s.num_rows for s in sources), len(plan), run.root)
-    return Prepared(config, sources, plan, schema, fingerprint, run)
+    return Prepared(config, sources, plan, schema, fingerprint, run, duplicates)
 
 
 def read_item_rows(prep: Prepared, item: WorkItem) -> pa.Table:

@@ -13,16 +13,38 @@ def derived_id(item: WorkItem, row_index: int) -> str:
     return f"{item.uri}#{row_index}"
 
 
+def python_rows(rows: pa.Table) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """(records, problems): rows as dicts; a cell that is not valid UTF-8 text becomes None and
+    gives its row a problem, so one bad cell neither sinks the item nor loses the row."""
+    try:
+        return rows.to_pylist(), [None] * rows.num_rows
+    except UnicodeDecodeError:
+        pass
+    records: list[dict[str, Any]] = [{} for _ in range(rows.num_rows)]
+    problems: list[str | None] = [None] * rows.num_rows
+    for name in rows.column_names:
+        column = rows.column(name)
+        for k in range(rows.num_rows):
+            try:
+                records[k][name] = column[k].as_py()
+            except UnicodeDecodeError as err:
+                records[k][name] = None
+                problems[k] = problems[k] or f"ValueError: {name} is not valid UTF-8 ({err.reason} at byte {err.start})"
+    return records, problems
+
+
 def row_ids(item: WorkItem, rows: pa.Table, id_column: str | None) -> tuple[list[str], list[str | None]]:
-    """(ids, problems): the id column as strings; a null id gets a derived id and a problem."""
+    """(ids, problems): the id column as strings; a null or undecodable id gets a derived id and a problem."""
     indexes = range(item.start, item.stop)
     if id_column is None:
         return [derived_id(item, r) for r in indexes], [None] * rows.num_rows
+    records, decoding = python_rows(rows.select([id_column]))
     ids, problems = [], []
-    for r, value in zip(indexes, rows.column(id_column).to_pylist()):
+    for r, record, bad in zip(indexes, records, decoding):
+        value = record[id_column]
         if value is None:
             ids.append(derived_id(item, r))
-            problems.append(f"ValueError: id ({id_column}) is null")
+            problems.append(bad or f"ValueError: id ({id_column}) is null")
         else:
             ids.append(value if isinstance(value, str) else str(value))
             problems.append(None)
@@ -35,11 +57,11 @@ def build_part(item: WorkItem, rows: pa.Table, ids: list[str], values: list[dict
     if not (rows.num_rows == len(ids) == len(values) == item.num_rows):
         raise RuntimeError(f"item {item.item_id}: {item.num_rows} rows planned, {rows.num_rows} read, "
                            f"{len(values)} produced")
-    columns = {name: rows.column(name).to_pylist() for name in passthrough}
+    carried, _ = python_rows(rows.select(passthrough))    # undecodable cells carry as null
     records = []
     for k, (row_id, value) in enumerate(zip(ids, values)):
         record = {"id": row_id, "source": item.uri, "row_index": item.start + k, "item_id": item.item_id}
-        record.update({name: columns[name][k] for name in passthrough})
+        record.update(carried[k])
         record.update(common)
         record.update(value)
         records.append(record)

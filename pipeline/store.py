@@ -89,6 +89,13 @@ class RunDir:
         os.replace(tmp, path)
         write_json(self.marker_path(item), {"item": item.to_dict(), "rows": table.num_rows, **info})
 
+    def write_empty(self, schema: pa.Schema) -> None:
+        """A plan without rows: one part of no rows, so readers of parts/ get the declared schema."""
+        path = self.parts / "empty.parquet"
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        pq.write_table(schema.empty_table(), tmp)
+        os.replace(tmp, path)
+
     def clean_temp(self) -> None:
         """Half-written parts of an interrupted run."""
         for tmp in self.parts.glob(".*.tmp-*"):

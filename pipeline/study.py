@@ -5,10 +5,11 @@ partial `dart:` override), `budgets` (a name plus a partial `dart:` override) an
 name plus the job sections that read it). Each (dataset x variant x budget) expands to one validated
 JobConfig run by `pipeline.driver.run_job`: the same plan gives every config the same items, the
 config fingerprint keeps runs apart, and a rerun resumes. A dense variant runs once per dataset.
+Runs live beside the studies, so studies under one output folder share identical configs' runs.
 
+    <study.output>/runs/<task>-<fp>/    one pipeline run per config (parts, markers, summary.json)
     <study.output>/<study.name>/
         study.yaml                the resolved study config
-        runs/<task>-<fp>/         one pipeline run per config (parts, markers, summary.json)
         runs.json                 config label -> run directory and run summary
         results.parquet           one row per item x config, with study labels and derived metrics
         summary.csv  report.md  *.png    (pipeline.report)
@@ -133,7 +134,7 @@ def expand(study: StudyConfig) -> list[StudyRun]:
     runs = []
     for ds in study.datasets:
         data = merge(study.base, ds.job)
-        data = merge(data, {"output": {"dir": str(study.directory / "runs")}})
+        data = merge(data, {"output": {"dir": str(study.directory.parent / "runs")}})
         if study.study.limit is not None:
             data = merge(data, {"input": {"limit": study.study.limit}})
         for variant in study.variants:

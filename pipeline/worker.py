@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from .config import JobConfig
 from .plan import WorkItem
-from .records import build_part, row_ids
+from .records import build_part, python_rows, row_ids
 from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
@@ -51,16 +51,22 @@ class DartWorker:
         return {"actor_id": self.actor_id, "node_id": self.node_id, "device": self.device,
                 "model_fingerprint": self.model_fingerprint, "pid": os.getpid()}
 
-    def run_item(self, item: WorkItem, rows: pa.Table, attempt: int) -> pa.Table:
-        """All rows of one item; a bad row becomes an error row, anything else raises (retried)."""
+    def run_item(self, item: WorkItem, rows: pa.Table, attempt: int,
+                 known: dict[int, str] | None = None) -> pa.Table:
+        """All rows of one item; a bad row becomes an error row, anything else raises (retried).
+        `known`: problems the driver found before work (row offset in the item -> error, e.g. a
+        duplicate id); those rows become error rows without running."""
         started = dt.datetime.now(dt.timezone.utc)
         began = time.perf_counter()
-        inp = self.config.input
+        inp, testing = self.config.input, self.config.testing
+        if testing.delay_seconds:
+            time.sleep(testing.delay_seconds)
         ids, problems = row_ids(item, rows, inp.id_column)
-        failing = set(ids) & set(self.config.testing.fail_ids)
+        failing = set(ids) & set(testing.fail_ids)
         if failing:
             raise RuntimeError(f"injected failure for id(s) {sorted(failing)} (testing.fail_ids)")
-        records = rows.to_pylist()
+        records, decoding = python_rows(rows)
+        problems = [p or d or (known or {}).get(k) for k, (p, d) in enumerate(zip(problems, decoding))]
         todo = [k for k, p in enumerate(problems) if p is None]
         values: list[dict[str, Any]] = [{"status": "error", "error": p} for p in problems]
         for k, value in zip(todo, self.task.run([(ids[k], records[k]) for k in todo])):

@@ -102,7 +102,7 @@ def test_expansion_variants_x_budgets_x_datasets_dense_once():
     assert by[("x", "static@uni30")].dart.budget == "uniform" and by[("x", "static@uni30")].dart.keep_ratio == 0.7
     assert by[("x", "dart@auto50")].dart.ranking == "max"                       # base reaches every cell
     assert by[("q", "dense")].generation.max_new_tokens == 4 and by[("x", "dense")].generation.max_new_tokens == 8
-    assert all(c.input.limit == 10 and c.output.dir == str(Path("out/s/runs")) for c in by.values())
+    assert all(c.input.limit == 10 and c.output.dir == str(Path("out/runs")) for c in by.values())
     assert len({c.fingerprint("p") for c in by.values()}) == len(by)            # runs kept apart
 
 

@@ -1,0 +1,212 @@
+"""Faults on one local Ray: a worker or the driver killed mid-run, half-written parts, an item that
+always fails. Each ends in a complete run whose rows equal an uninterrupted run's (greedy decoding)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from pipeline_fixtures import FILE_ROWS, job_config, ray_cluster, write_docs  # noqa: F401
+
+from pipeline.config import dump_config
+from pipeline.driver import run_job
+from pipeline.prepare import prepare
+from pipeline.schema import RUN_DEPENDENT
+
+ROOT = Path(__file__).parents[1]
+WORKER_TITLE = "ray::DartWorker"          # Ray's process title of our actors; ".run_item" while in an item
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_docs(tmp_path_factory.mktemp("docs"))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):  # noqa: F811
+    """The uninterrupted run every fault is compared with: 10 items, 2 actors."""
+    summary = run_job(job_config("summarize", tiny_model_dir, inputs, tmp_path_factory.mktemp("reference")))
+    assert summary["complete"] and summary["rows"] == sum(FILE_ROWS)
+    return summary
+
+
+def _comparable(run_dir: str) -> pa.Table:
+    """Every row sorted by (source, row), without columns that say where and when it ran."""
+    table = pq.read_table(f"{run_dir}/parts")
+    keep = [n for n in table.column_names if n not in RUN_DEPENDENT]
+    return table.select(keep).sort_by([("source", "ascending"), ("row_index", "ascending")])
+
+
+def _assert_equals_reference(summary: dict, reference: dict, inputs: list[Path]) -> pa.Table:
+    assert summary["complete"] and summary["config_fingerprint"] == reference["config_fingerprint"]
+    table = pq.read_table(f"{summary['run_dir']}/parts")
+    expected = [i for p in inputs for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+    assert sorted(table.column("id").to_pylist()) == sorted(expected)               # each row exactly once
+    assert _comparable(summary["run_dir"]).equals(_comparable(reference["run_dir"]))
+    return table
+
+
+def _our_workers() -> list[psutil.Process]:
+    """DartWorker actor processes of this session's cluster only (descendants of this process:
+    other people's Ray clusters on the machine are never touched)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith(WORKER_TITLE):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILLs the first of our actors seen inside run_item, once."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.killed: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.killed is None:
+            for proc in _our_workers():
+                try:
+                    if proc.cmdline()[0].startswith(f"{WORKER_TITLE}.run_item"):
+                        time.sleep(0.1)                     # well inside the item (it sleeps 0.5 s)
+                        os.kill(proc.pid, signal.SIGKILL)
+                        self.killed = proc.pid
+                        return
+                except (psutil.Error, ProcessLookupError):
+                    continue
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("num_actors, max_restarts, says", [(1, 1, "is back"), (2, 0, "is dead")],
+                         ids=["restarted", "dropped"])
+def test_actor_killed_mid_item(num_actors, max_restarts, says, reference, inputs, tiny_model_dir, tmp_path, caplog):
+    """The only actor, restarted by Ray; or one of two, with no restarts, dropped from the pool.
+    Either way its items run again and the job finishes."""
+    cfg = job_config("summarize", tiny_model_dir, inputs, tmp_path / "out", testing={"delay_seconds": 0.5},
+                     pool={"num_actors": num_actors, "cpus_per_actor": 1, "batch_size": 2,
+                           "max_restarts": max_restarts})
+    killer = WorkerKiller()
+    killer.start()
+    with caplog.at_level(logging.WARNING, logger="pipeline.pool"):
+        try:
+            summary = run_job(cfg)
+        finally:
+            killer.stop.set()
+            killer.join()
+    assert killer.killed is not None
+    table = _assert_equals_reference(summary, reference, inputs)
+    assert pc.max(table["attempt"]).as_py() == 2                   # the killed item ran again
+    assert summary["error_rows"] == reference["error_rows"] == 3   # only the bad documents
+    assert says in caplog.text
+
+
+def _job_env(ray_cluster) -> dict:  # noqa: F811
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_driver_killed_then_rerun_resumes(ray_cluster, reference, inputs, tiny_model_dir, tmp_path):  # noqa: F811
+    """`python -m jobs.summarize` SIGKILLed once some items are done; the rerun redoes only the rest."""
+    out = tmp_path / "out"
+    cfg = job_config("summarize", tiny_model_dir, inputs, out, testing={"delay_seconds": 0.5},
+                     pool={"num_actors": 1, "cpus_per_actor": 1, "batch_size": 2})
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(dump_config(cfg))
+    markers = prepare(cfg).run.markers
+    log = open(tmp_path / "driver.log", "wb")
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.summarize", "--config", str(config_file)],
+                              cwd=ROOT, env=_job_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT)
+    actors: set[int] = set()
+    try:
+        deadline = time.time() + 180
+        while len(list(markers.glob("*.json"))) < 3:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "the driver wrote no markers in 180 s"
+            actors |= {p.pid for p in _our_workers()}
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+        _reap(actors)
+    done_before = {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json")}
+    assert 3 <= len(done_before) < 10
+
+    summary = run_job(cfg)
+    assert summary["skipped_items"] == len(done_before)
+    assert {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json") if p.name in done_before} == done_before
+    _assert_equals_reference(summary, reference, inputs)
+
+
+def _reap(pids: set[int], grace: float = 30) -> None:
+    """The killed driver's actors: Ray ends them when their owner dies; kill any left after `grace`."""
+    deadline = time.time() + grace
+    left = set(pids)
+    while left and time.time() < deadline:
+        left = {pid for pid in left if _running(pid)}
+        time.sleep(0.2)
+    for pid in left:
+        logging.getLogger(__name__).warning("killing orphaned actor process %d", pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_half_written_parts_are_redone(reference, inputs, tiny_model_dir, tmp_path):
+    """A truncated part, a part without its marker, a marker without its part and a temp file."""
+    out = tmp_path / "out"
+    run_dir = out / Path(reference["run_dir"]).name
+    shutil.copytree(reference["run_dir"], run_dir)
+    cfg = job_config("summarize", tiny_model_dir, inputs, out, pool={"num_actors": 1})
+    prep = prepare(cfg)
+    truncated, unmarked, missing = prep.plan[0], prep.plan[4], prep.plan[9]
+    part = prep.run.part_path(truncated)
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    prep.run.marker_path(unmarked).unlink()
+    prep.run.part_path(missing).unlink()
+    (prep.run.parts / f".{prep.run.part_path(unmarked).name}.tmp-deadbeef").write_bytes(b"PAR1 half")
+    assert [it for it in prep.plan if not prep.run.is_done(it)] == [truncated, unmarked, missing]
+
+    summary = run_job(cfg)
+    assert summary["skipped_items"] == 7 and not list(prep.run.parts.glob(".*"))
+    _assert_equals_reference(summary, reference, inputs)
+
+
+def test_always_failing_item_becomes_error_rows(ray_cluster, inputs, tiny_model_dir, tmp_path):  # noqa: F811
+    cfg = job_config("summarize", tiny_model_dir, inputs[:1], tmp_path / "out", testing={"fail_ids": ["doc-001"]},
+                     pool={"num_actors": 1, "cpus_per_actor": 1, "batch_size": 2, "max_attempts": 2})
+    summary = run_job(cfg)
+    assert summary["complete"] and summary["rows"] == FILE_ROWS[0] and summary["error_rows"] == 3
+    table = pq.read_table(f"{summary['run_dir']}/parts").sort_by("id")
+    failed = table.filter(pc.equal(table["status"], "error")).to_pylist()
+    assert [r["id"] for r in failed] == ["doc-000", "doc-001", "doc-002"]          # the item holding doc-001
+    assert all(r["attempt"] == 2 and "testing.fail_ids" in r["error"] for r in failed)
+    assert set(table.filter(pc.equal(table["status"], "ok"))["attempt"].to_pylist()) == {1}
+    assert yaml.safe_load((Path(summary["run_dir"]) / "summary.json").read_text())["error_rows"] == 3
