@@ -61,13 +61,12 @@ def job_config(task: str, model_dir: Path, paths: list[Path | str], out: Path, *
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the whole session, on loopback, without the dashboard."""
+    """One local Ray for the whole session, listening on loopback only, without the dashboard."""
     import ray
 
-    from pipeline.pool import package_runtime_env
+    from pipeline.pool import start_local_ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, runtime_env=package_runtime_env())
+        start_local_ray(2)
     yield ray
     ray.shutdown()
