@@ -51,9 +51,10 @@ class DriftConfig(FrozenModel):
         0, ge=0, description="Least signal tokens an epoch's baseline forms from; it forms at mask formation "
         "or, if fewer tokens were seen, at the first forward that reaches this many (0: at mask formation).")
     policy: RemaskPolicy = Field(
-        "reset", description="What a new epoch keeps: 'reset' clears scores (the paper); 'carry' "
-        "starts from the old scores times carry_decay.")
-    carry_decay: float = Field(0.5, ge=0, le=1, description="Weight of the old epoch's scores under 'carry'.")
+        "reset", description="What a new epoch keeps: 'reset' clears scores and budgets (the paper); "
+        "'carry' keeps the budgets and mixes the old epoch's per-token scores into the new epoch's.")
+    carry_weight: float = Field(1.0, ge=0, description="Under 'carry': weight of the old epoch's per-token "
+                                "statistic against the new epoch's tokens (1: equal).")
 
 
 class DartConfig(FrozenModel):

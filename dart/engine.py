@@ -10,13 +10,13 @@ import torch
 from transformers import DynamicCache
 
 from . import budget
-from .compact import CompactWeights, compact_pays, gather_layer
+from .compact import FfnPlan, GatherCache
 from .config import DartConfig, GenerationConfig
 from .patch import Runtime, check_supported, decoder_layers, patch_model, unpatch_model
 from .proxies import Proxies, load_or_compute
 from .runtime import ForwardPass, batch_masks
 from .sampling import next_tokens, row_generator
-from .state import ForwardPhase, ModelShape, SequenceState
+from .state import FfnExecution, ForwardPhase, ModelShape, SequenceState
 from .telemetry import ContinuationScores, GenerationResult, SequenceTelemetry
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ class DartEngine:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         cfg = model.config
         layers = decoder_layers(model)
-        self.shape = ModelShape(len(layers), layers[0].mlp.down_proj.in_features, cfg.hidden_size)
+        self.shape = ModelShape(len(layers), layers[0].mlp.down_proj.in_features, cfg.hidden_size,
+                                layers[0].mlp.down_proj.weight.element_size())
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.fixed_counts = self._fixed_counts(config)
@@ -44,7 +45,7 @@ class DartEngine:
         self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
-        self._compact_cache: dict[int, tuple[int, list[CompactWeights]]] = {}
+        self._gather = GatherCache([layer.mlp for layer in decoder_layers(model)], config.ffn_path, self.dtype)
         self.eos_ids = self._eos_ids()
 
     # ---- setup ----------------------------------------------------------------------------
@@ -97,33 +98,25 @@ class DartEngine:
             self._mask_cache = (key, batch_masks(states, phases, self.dtype, self.device))
         return self._mask_cache[1]
 
-    def _compact_weights(self, states, phases) -> list[CompactWeights] | None:
-        state = states[0]
-        shared = all(s is state for s in states)
-        plain = all(p.masked and not (p.calibrate or p.form_in_forward) for p in phases)
-        if not (shared and plain and state.kept is not None):
-            return None
-        keep_fraction = sum(k.numel() for k in state.kept) / (self.shape.num_layers * self.shape.width)
-        if not compact_pays(1, keep_fraction, self.config.ffn_path):
-            return None
-        cached = self._compact_cache.get(state.uid)
-        if cached is None or cached[0] != state.mask_version:
-            mlps = [layer.mlp for layer in decoder_layers(self.model)]
-            weights = [gather_layer(mlp, kept.to(mlp.gate_proj.weight.device)) for mlp, kept in zip(mlps, state.kept)]
-            self._compact_cache = {state.uid: (state.mask_version, weights)}
-            cached = self._compact_cache[state.uid]
-        return cached[1]
-
     def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, all_logits=False):
-        compact = self._compact_weights(states, phases)
-        masks = None if compact is not None else self._masks(states, phases)
-        self.runtime.current = ForwardPass(states, phases, token_mask, masks, compact)
+        plan = self._gather.plan(states, phases)
+        masks = None if plan.gathered else self._masks(states, phases)
+        self.runtime.current = ForwardPass(states, phases, token_mask, masks, plan.weights)
         try:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
         finally:
             self.runtime.current = None
-        return out.logits.float(), compact is not None
+        return out.logits.float(), self._execution(states, plan, masks)
+
+    def _execution(self, states, plan: FfnPlan, masks: torch.Tensor | None) -> FfnExecution:
+        """What the forward just run computed in the FFN, for each row's ledger."""
+        sequences = len({s.uid for s in states})
+        if plan.path == "masked":
+            elements = 0 if masks is None else self.shape.num_layers * self.shape.width
+            return FfnExecution("masked", None, elements, sequences)
+        elements = sum(plan.widths) if plan.path == "union" else 0
+        return FfnExecution(plan.path, plan.widths, elements, sequences)
 
     def _step(self, states, input_ids, attention_mask, position_ids, cache, token_mask):
         """Advance every row's schedule by one forward; returns last-position logits [B, V]."""
@@ -131,9 +124,9 @@ class DartEngine:
         unique = {s.uid: (s, t) for s, t in zip(states, tokens)}.values()
         phase_of = {s.uid: s.begin_forward(t) for s, t in unique}
         phases = [phase_of[s.uid] for s in states]
-        logits, compact = self._forward(states, phases, input_ids, attention_mask, position_ids, cache, token_mask)
+        logits, execution = self._forward(states, phases, input_ids, attention_mask, position_ids, cache, token_mask)
         for state, count in zip(states, tokens):
-            state.end_forward(count, compact)
+            state.end_forward(count, execution)
         return logits[:, -1]
 
     # ---- generation -----------------------------------------------------------------------
@@ -191,7 +184,7 @@ class DartEngine:
             elapsed = time.perf_counter() - step_start
             for row in active:
                 decode_seconds[row] += elapsed
-        self._compact_cache.clear()
+        self._gather.clear()
         return [GenerationResult(outputs[b], finish[b] or "length",
                                  self.telemetry(states[b], len(prompts[b]), len(outputs[b]), prefill_seconds,
                                                 decode_seconds[b]), states[b].trace)
@@ -229,9 +222,9 @@ class DartEngine:
         positions = len(prompt) + torch.arange(longest, device=self.device).expand(count, -1)
         start = time.perf_counter()
         phases = [ForwardPhase(masked=state.kept is not None)] * count
-        logits, compact = self._forward([state] * count, phases, cont, attention, positions, cache, cont_mask.bool(),
-                                        all_logits=True)
-        state.end_forward(int(cont_mask.sum()), compact)
+        logits, execution = self._forward([state] * count, phases, cont, attention, positions, cache,
+                                          cont_mask.bool(), all_logits=True)
+        state.end_forward(int(cont_mask.sum()), execution)
         logprobs = torch.log_softmax(logits, dim=-1)                      # [C, T, V]
         per_position = [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
         telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
@@ -260,5 +253,7 @@ class DartEngine:
             epoch_thresholds=list(state.thresholds), kept_fraction_per_layer=kept_fraction,
             sparsity_per_token=per_token, applied_sparsity=sum(per_token) / len(per_token) if per_token else 0.0,
             ffn_flops_dense=ledger.flops_dense, ffn_flops_kept=ledger.flops_kept,
-            ffn_flops_executed=ledger.flops_executed, dart_state_bytes=state.peak_state_bytes,
-            compact_forwards=ledger.compact_forwards, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds)
+            ffn_flops_executed=ledger.flops_executed, ffn_bytes_dense=ledger.bytes_dense,
+            ffn_bytes_executed=ledger.bytes_executed, dart_overhead_flops=ledger.overhead_flops,
+            dart_state_bytes=state.peak_state_bytes, compact_forwards=ledger.compact_forwards,
+            union_forwards=ledger.union_forwards, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds)

@@ -67,14 +67,18 @@ class ForwardPass:
 
 def batch_masks(states: list[SequenceState], phases: list[ForwardPhase], dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor | None:
-    """[B, L, N] keep masks of this forward, or None when every row runs dense."""
-    if not any(p.masked for p in phases):
-        return None
+    """[B, L, N] keep masks of this forward, or None when no row drops a neuron (every row dense, or
+    masks that keep all N, as at keep ratio 1.0: multiplying by ones would only cost time)."""
     shape = states[0].shape
+    forming = any(p.form_in_forward for p in phases)
+    pruning = [b for b, (s, p) in enumerate(zip(states, phases))
+               if p.masked and not p.form_in_forward and s.kept is not None
+               and any(k.numel() < shape.width for k in s.kept)]
+    if not (forming or pruning):
+        return None
     masks = torch.ones(len(states), shape.num_layers, shape.width, dtype=dtype, device=device)
-    for b, (state, phase) in enumerate(zip(states, phases)):
-        if phase.masked and state.kept is not None and not phase.form_in_forward:
-            masks[b].zero_()
-            for layer, kept in enumerate(state.kept):
-                masks[b, layer].index_fill_(0, kept, 1)
+    for b in pruning:
+        masks[b].zero_()
+        for layer, kept in enumerate(states[b].kept):
+            masks[b, layer].index_fill_(0, kept, 1)
     return masks

@@ -33,6 +33,16 @@ def ema_update(mean_abs: torch.Tensor, act: torch.Tensor, decay: float) -> torch
     return mean_abs
 
 
+def carried_statistic(stat: torch.Tensor, tokens: int, old_mean: torch.Tensor, weight: float,
+                      decay: float | None) -> torch.Tensor:
+    """Mix a new epoch's statistic with the previous epoch's per-token one, the old epoch counting as
+    `weight` times the new epoch's tokens. L2: sums of squares (old_mean = mean square per token);
+    EMA: means of |a|. [N] -> [N]."""
+    if decay is None:
+        return stat + weight * max(tokens, 1) * old_mean
+    return (stat + weight * old_mean) / (1 + weight)
+
+
 def magnitude(stat: torch.Tensor, decay: float | None) -> torch.Tensor:
     """m[i]: L2 norm over tokens from a sum of squares, or the EMA of |a| itself."""
     return stat.sqrt() if decay is None else stat

@@ -19,6 +19,7 @@ class ModelShape:
     num_layers: int   # L
     width: int        # N, FFN intermediate size
     hidden: int       # d
+    weight_bytes: int = 4   # bytes per FFN weight element (model dtype)
 
 
 @dataclass(frozen=True)
@@ -36,24 +37,68 @@ class ForwardPhase:
 DENSE = ForwardPhase()
 
 
+@dataclass(frozen=True)
+class FfnExecution:
+    """How one forward ran the FFN, as seen by one sequence in it (dart.compact names the paths)."""
+
+    path: str = "masked"                  # masked | compact | union
+    widths: list[int] | None = None       # neurons computed per layer; None: all N
+    mask_elements: int = 0                # mask multiplies per token (masked and union paths)
+    sequences: int = 1                    # distinct sequences sharing the forward's weight reads
+
+
+DENSE_FFN = FfnExecution()
+
+
+def overhead_flops(phase: ForwardPhase, tokens: int, shape: ModelShape, mask_elements: int,
+                   formed_layers: int, residual: bool, signal_width: int) -> int:
+    """DART's own FLOPs in one forward of one sequence, beside the model's (spec section 7: O(L*N + d)
+    per token). Estimates per element: score update 3 (square or |a|, scale, add); auto-budget residual
+    statistics 10 per d (two norms, a dot, a difference); drift signal 2 per d (window and baseline
+    sums) plus a cosine (6 d) per window; mask formation 4 per neuron (rank) plus N log2 N (top-k);
+    the mask multiply 1 per masked element."""
+    L, N, d = shape.num_layers, shape.width, shape.hidden
+    flops = tokens * mask_elements + formed_layers * (4 * N + N * max(1, N.bit_length()))
+    if phase.calibrate:
+        flops += 3 * tokens * L * N
+    if residual:
+        flops += 10 * tokens * L * d
+    if phase.collect_signal or phase.monitor:
+        flops += 2 * tokens * signal_width + (6 * signal_width * tokens) // 5
+    return flops
+
+
 @dataclass
 class ForwardLedger:
-    """Per-forward accounting of one sequence: applied sparsity and FFN FLOPs (2 per multiply-add)."""
+    """Per-forward accounting of one sequence: applied sparsity, FFN FLOPs (2 per multiply-add), FFN
+    weight bytes read (each forward's reads shared evenly among its sequences) and DART's overhead."""
 
     sparsity: list[float] = field(default_factory=list)     # per forward, for its last token
     flops_dense: int = 0
     flops_kept: int = 0
     flops_executed: int = 0
+    bytes_dense: int = 0
+    bytes_executed: int = 0
+    overhead_flops: int = 0
     compact_forwards: int = 0
+    union_forwards: int = 0
 
-    def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, compact: bool) -> None:
+    def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, execution: FfnExecution,
+               overhead: int = 0) -> None:
         dense = len(kept_counts) * shape.width
-        self.sparsity.append(1.0 - sum(kept_counts) / dense)
+        kept = sum(kept_counts)
+        executed = dense if execution.widths is None else sum(execution.widths)
+        self.sparsity.append(1.0 - kept / dense)
         per_neuron = 6 * shape.hidden * tokens             # gate, up, down: 3 matmuls of d per neuron
         self.flops_dense += per_neuron * dense
-        self.flops_kept += per_neuron * sum(kept_counts)
-        self.flops_executed += per_neuron * (sum(kept_counts) if compact else dense)
-        self.compact_forwards += int(compact)
+        self.flops_kept += per_neuron * kept
+        self.flops_executed += per_neuron * executed
+        neuron_bytes = 3 * shape.hidden * shape.weight_bytes
+        self.bytes_dense += neuron_bytes * dense // execution.sequences
+        self.bytes_executed += neuron_bytes * executed // execution.sequences
+        self.overhead_flops += overhead
+        self.compact_forwards += int(execution.path != "masked")
+        self.union_forwards += int(execution.path == "union")
 
 
 class SequenceState:
@@ -78,6 +123,8 @@ class SequenceState:
         self.auto_counts: list[int] | None = None      # the auto budget of the last epoch that formed one
         self._phase = DENSE
         self._drift_fired = False
+        self._formed_layers = 0          # masks selected in the forward in progress (overhead accounting)
+        self.carried: torch.Tensor | None = None        # 'carry': previous epoch's per-token statistic [L, N]
         self._reset_epoch(carry=None)
 
     # ---- schedule -------------------------------------------------------------------------
@@ -115,10 +162,14 @@ class SequenceState:
                                        monitor=drift and self.monitor is not None)
         return self._phase
 
-    def end_forward(self, tokens: int, compact: bool) -> None:
+    def end_forward(self, tokens: int, execution: FfnExecution = DENSE_FFN) -> None:
         """Account the forward just run (tokens: real tokens of this row) and advance the schedule."""
         kept_counts = self.kept_counts()
-        self.ledger.record(tokens, kept_counts, self.shape, compact)
+        signal_width = self.shape.hidden * self.cfg.drift.signal_layers
+        overhead = overhead_flops(self._phase, tokens, self.shape, execution.mask_elements, self._formed_layers,
+                                  self.needs_residual(), signal_width)
+        self._formed_layers = 0
+        self.ledger.record(tokens, kept_counts, self.shape, execution, overhead)
         if self.trace is not None:
             self.trace.kept_per_forward.append(kept_counts)
         self.peak_state_bytes = max(self.peak_state_bytes, self.state_bytes())
@@ -127,19 +178,28 @@ class SequenceState:
         if self._drift_fired:
             self._drift_fired = False
             self.epoch += 1
-            self._reset_epoch(carry=self.stat if self.cfg.drift.policy == "carry" else None)
+            self._reset_epoch(carry=self._per_token_statistic() if self.cfg.drift.policy == "carry" else None)
+
+    def _per_token_statistic(self) -> torch.Tensor:
+        """This epoch's statistic per token [L, N] (mean square for L2, the EMA itself), with what it carried."""
+        if self.cfg.decay is None:
+            tokens = torch.tensor(self.stat_tokens, dtype=torch.float32, device=self.device).clamp_min(1)
+            mean = self.stat / tokens[:, None]
+        else:
+            mean = self.stat
+        if self.carried is None:
+            return mean
+        weight = self.cfg.drift.carry_weight
+        return (mean + weight * self.carried) / (1 + weight)
 
     def _reset_epoch(self, carry: torch.Tensor | None) -> None:
         shape = self.shape
         self.epoch_forward = 0
         if self.kept is not None:
             self.kept, self.mask_version = None, self.mask_version + 1
-        if carry is not None:
-            self.stat = carry * self.cfg.drift.carry_decay
-            self.stat_tokens = [1] * shape.num_layers
-        else:
-            self.stat = torch.zeros(shape.num_layers, shape.width, dtype=torch.float32, device=self.device)
-            self.stat_tokens = [0] * shape.num_layers
+        self.carried = carry            # mixed into the new epoch's statistic at selection ('carry')
+        self.stat = torch.zeros(shape.num_layers, shape.width, dtype=torch.float32, device=self.device)
+        self.stat_tokens = [0] * shape.num_layers
         self.cos_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
         self.ratio_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
         self.residual_tokens = [0] * shape.num_layers
@@ -214,7 +274,12 @@ class SequenceState:
 
     def _select(self, layer: int, keep: int) -> torch.Tensor:
         cfg = self.cfg
-        m = scores.magnitude(self.stat[layer], None if cfg.method == "griffin" else cfg.decay)
+        self._formed_layers += 1
+        stat = self.stat[layer]
+        if self.carried is not None:
+            stat = scores.carried_statistic(stat, self.stat_tokens[layer], self.carried[layer],
+                                            cfg.drift.carry_weight, cfg.decay)
+        m = scores.magnitude(stat, None if cfg.method == "griffin" else cfg.decay)
         if cfg.method == "griffin" or cfg.ranking == "magnitude":
             ranked = m
         else:
@@ -243,6 +308,11 @@ class SequenceState:
         self.kept = self.kept[:layer] + [self._select(layer, counts[layer])] + self.kept[layer + 1:]
         self.mask_version += 1
         return self.kept[layer]
+
+    def prunes_now(self) -> bool:
+        """Whether this forward's masks drop any neuron (a keep ratio of 1.0 keeps every one)."""
+        return self._phase.masked and self.kept is not None and \
+            any(k.numel() < self.shape.width for k in self.kept)
 
     def kept_counts(self) -> list[int]:
         if self.kept is None or not self._phase.masked:

@@ -25,8 +25,12 @@ class SequenceTelemetry:
     ffn_flops_dense: int                                # FFN FLOPs of a dense run of the same tokens
     ffn_flops_kept: int                                 # FFN FLOPs on kept neurons only
     ffn_flops_executed: int                             # FFN FLOPs actually computed (masking computes all)
+    ffn_bytes_dense: int                                # FFN weight bytes a dense run reads (shared in a batch)
+    ffn_bytes_executed: int                             # FFN weight bytes actually read (gathered paths read less)
+    dart_overhead_flops: int                            # DART's own FLOPs: scores, masks, drift, mask multiply
     dart_state_bytes: int                               # peak per-sequence DART state
-    compact_forwards: int                               # forwards whose FFN ran on kept neurons only
+    compact_forwards: int                               # forwards whose FFN ran on gathered weights
+    union_forwards: int                                 # of those, on the union of the batch's kept neurons
     prefill_seconds: float
     decode_seconds: float
 

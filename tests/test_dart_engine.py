@@ -39,7 +39,8 @@ def run(model_tok, cfg, batch, gen=GREEDY, **kwargs):
 def comparable(telemetry):
     """Telemetry without timings and the FFN path, which depend on the batch around a row."""
     data = telemetry.to_dict()
-    for key in ("prefill_seconds", "decode_seconds", "compact_forwards", "ffn_flops_executed"):
+    for key in ("prefill_seconds", "decode_seconds", "compact_forwards", "union_forwards", "ffn_flops_executed",
+                "ffn_bytes_dense", "ffn_bytes_executed", "dart_overhead_flops"):
         data.pop(key)
     return data
 

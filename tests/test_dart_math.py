@@ -83,6 +83,13 @@ def test_l2_ema_griffin_statistics():
     assert scores.ema_update(first, torch.tensor([[5.0]]), 0.5).tolist() == pytest.approx([4.0])
 
 
+def test_carried_statistic_mixes_per_token_means():
+    new, old_mean = torch.tensor([4.0, 0.0]), torch.tensor([1.0, 3.0])     # 2 new tokens' sum of squares
+    # L2: new sum + w * T * old mean square -> proportional to (new mean + w * old mean)
+    assert scores.carried_statistic(new, 2, old_mean, 0.5, None).tolist() == [5.0, 3.0]
+    assert scores.carried_statistic(new, 2, old_mean, 1.0, 0.9).tolist() == [2.5, 1.5]   # EMA: plain mix
+
+
 def test_proxies_match_brute_force_when_chunked():
     torch.manual_seed(0)
     down, embed = torch.randn(6, 5), torch.randn(23, 6)        # d=6, N=5, V=23

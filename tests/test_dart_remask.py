@@ -60,19 +60,33 @@ def test_carry_keeps_budgets_and_reselects_without_a_dense_forward(tiny):
     assert len({tuple(c) for c in counts.values()}) == 1               # the auto budget of epoch 0, kept
 
 
-def test_carried_scores_decay_as_specified(tiny):
-    engine = DartEngine(*tiny, DartConfig(budget="uniform", drift=DriftConfig(policy="carry", carry_decay=0.25)))
+def test_carry_mixes_per_token_statistics_across_epochs(tiny):
+    cfg = DartConfig(budget="uniform", keep_ratio=0.5, drift=DriftConfig(policy="carry", carry_weight=3.0))
+    engine = DartEngine(*tiny, cfg)
     try:
         state = engine.new_state()
+        width = engine.shape.width
+        old = torch.arange(width, dtype=torch.float32).repeat(4, 1)        # prompt favours high ids
         state.begin_forward(4)
-        state.observe_activations(0, torch.ones(4, engine.shape.width) * 2)
-        before = state.stat.clone()
-        state._drift_fired = True                   # as the monitor sets it
-        state.end_forward(4, compact=False)
+        state.observe_activations(0, old)
+        state._drift_fired = True                                          # as the monitor sets it
+        state.end_forward(4)
+        assert state.epoch == 1 and state.kept is None
+        assert torch.allclose(state.carried[0], old.square().mean(0))     # mean square per token
+        assert torch.equal(state.stat, torch.zeros_like(state.stat))
+        new = torch.zeros(1, width)
+        new[0, :5] = 3 * width                                             # one token favours ids 0-4
+        state.begin_forward(1)                                             # mask_step 0: forms in this forward
+        state.observe_activations(0, new)
+        kept = state.form_layer(0).tolist()
     finally:
         engine.close()
-    assert torch.equal(state.stat, before * 0.25)
-    assert state.epoch == 1 and state.kept is None
+    # old mean square ~ i^2, new token 9*N^2 on ids 0-4, mixed 1:3 -> ids 0-4 still beat every other id
+    mixed = (new[0].square() + 3 * old.square().mean(0)) / 4
+    expected = torch.sort(mixed.sqrt() * (engine.proxies.pmax[0] + engine.proxies.pmean[0]), descending=True,
+                          stable=True).indices[:width // 2].sort().values.tolist()
+    assert kept == expected
+    assert set(range(5)) <= set(kept)
 
 
 def test_baseline_tokens_keep_monitoring_after_a_single_token_epoch(tiny):

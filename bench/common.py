@@ -1,0 +1,226 @@
+"""Shared pieces of the benchmarks: models that share weights, step-wise decoders, interleaved timing.
+
+Timings on a shared machine drift by 2x within seconds, so no absolute time is trusted: every
+variant decodes the same prompts side by side, one token each in turn (the order rotates every
+token), and each table reports medians of per-token time ratios against a reference variant.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from transformers import DynamicCache
+
+from dart.config import DartConfig
+from dart.engine import DartEngine
+from dart.patch import decoder_layers
+from dart.proxies import Proxies, load_or_compute
+
+log = logging.getLogger(__name__)
+
+DATA = Path(__file__).parents[1] / "data" / "xsum_sample.parquet"
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads of torch. One by default: on a shared, oversubscribed machine, two OpenMP threads
+    wait on each other at every op and small decode ops take 10-100x longer."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def sibling(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with its own modules (so an engine can patch it) sharing every weight."""
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def engine_proxies(model, fingerprint: str | None) -> Proxies:
+    """Forward proxies once per model (every engine of a benchmark reuses them)."""
+    down = [layer.mlp.down_proj.weight for layer in decoder_layers(model)]
+    return load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
+
+
+def document_prompts(tokenizer, count: int, length: int) -> list[list[int]]:
+    """`count` XSum documents cut to exactly `length` tokens each (no padding in the batch)."""
+    import pyarrow.parquet as pq
+
+    docs = pq.read_table(DATA, columns=["document"]).column("document").to_pylist()
+    prompts = []
+    for doc in docs:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            prompts.append(ids[:length])
+        if len(prompts) == count:
+            return prompts
+    raise ValueError(f"fewer than {count} documents of {length} tokens in {DATA}")
+
+
+def random_prompts(vocab: int, count: int, length: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(4, vocab, (count, length), generator=gen).tolist()
+
+
+def null_tokenizer(pad_id: int = 0) -> SimpleNamespace:
+    """What the engine reads of a tokenizer, for random-weight models without one."""
+    return SimpleNamespace(eos_token_id=None, pad_token_id=pad_id)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class HfDecoder:
+    """Greedy decode with the unpatched Hugging Face model: the true dense cost."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.device = model.get_input_embeddings().weight.device
+
+    @torch.inference_mode()
+    def start(self, prompts: list[list[int]]) -> None:
+        ids = torch.tensor(prompts, device=self.device)
+        self.cache = DynamicCache(config=self.model.config)
+        self.mask = torch.ones_like(ids)
+        logits = self.model(input_ids=ids, attention_mask=self.mask, cache=self.cache, use_cache=True,
+                            logits_to_keep=1).logits
+        self.tokens = logits[:, -1].argmax(-1)
+        self.position = ids.shape[1]
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
+        position = torch.full((len(self.mask), 1), self.position, device=self.device)
+        logits = self.model(input_ids=self.tokens[:, None], attention_mask=self.mask, position_ids=position,
+                            cache=self.cache, use_cache=True, logits_to_keep=1).logits
+        self.tokens = logits[:, -1].argmax(-1)
+        self.position += 1
+
+    def summary(self) -> dict:
+        return {}
+
+
+class EngineDecoder:
+    """Greedy decode through DartEngine's per-forward step (the loop of `DartEngine.generate`, one
+    token at a time, so variants can interleave)."""
+
+    def __init__(self, engine: DartEngine) -> None:
+        self.engine = engine
+
+    @torch.inference_mode()
+    def start(self, prompts: list[list[int]]) -> None:
+        engine = self.engine
+        engine._gather.clear()
+        self.states = [engine.new_state() for _ in prompts]
+        ids = torch.tensor(prompts, device=engine.device)
+        self.cache = DynamicCache(config=engine.model.config)
+        self.mask = torch.ones_like(ids)
+        positions = (self.mask.cumsum(-1) - 1)
+        logits = engine._step(self.states, ids, self.mask, positions, self.cache, self.mask.bool())
+        self.tokens = logits.argmax(-1)
+        self.position = ids.shape[1]
+        self.ones = torch.ones(len(prompts), 1, dtype=torch.bool, device=engine.device)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        engine = self.engine
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
+        position = torch.full((len(self.mask), 1), self.position, device=engine.device)
+        logits = engine._step(self.states, self.tokens[:, None], self.mask, position, self.cache, self.ones)
+        self.tokens = logits.argmax(-1)
+        self.position += 1
+
+    def summary(self) -> dict:
+        """Applied sparsity over generated tokens, share of forwards per FFN path, executed bytes."""
+        t = [self.engine.telemetry(s, 0, len(s.ledger.sparsity) - 1, 0.0, 0.0) for s in self.states]
+        forwards = sum(len(s.ledger.sparsity) for s in self.states)
+        return {
+            "applied_sparsity": statistics.fmean(x.applied_sparsity for x in t),
+            "compact_share": sum(x.compact_forwards - x.union_forwards for x in t) / forwards,
+            "union_share": sum(x.union_forwards for x in t) / forwards,
+            "bytes_ratio": sum(x.ffn_bytes_executed for x in t) / max(1, sum(x.ffn_bytes_dense for x in t)),
+            "drift_events": sum(x.drift_events for x in t),
+            "state_bytes": max(x.dart_state_bytes for x in t),
+            "overhead_flops_ratio": sum(x.dart_overhead_flops for x in t) / max(1, sum(x.ffn_flops_dense for x in t)),
+        }
+
+
+@dataclass
+class Timings:
+    """Per-token seconds of each variant; steps[name][rep][token]."""
+
+    steps: dict[str, list[list[float]]] = field(default_factory=dict)
+    summaries: dict[str, list[dict]] = field(default_factory=dict)
+
+    def ratios(self, name: str, reference: str) -> list[float]:
+        """Per-token speed of `name` relative to `reference` (reference time / name time)."""
+        return [r / n for ref_rep, rep in zip(self.steps[reference], self.steps[name])
+                for r, n in zip(ref_rep, rep)]
+
+    def speedup(self, name: str, reference: str) -> float:
+        return statistics.median(self.ratios(name, reference))
+
+    def summary(self, name: str) -> dict:
+        runs = self.summaries.get(name) or [{}]
+        return {k: statistics.fmean(run[k] for run in runs) for k in runs[0]}
+
+
+def interleave(decoders: dict, prompts: list[list[int]], tokens: int, reps: int, device: torch.device,
+               warmup: int = 2) -> Timings:
+    """Decode `tokens` tokens with every decoder, one token each in turn, `reps` times."""
+    timings = Timings({name: [] for name in decoders}, {name: [] for name in decoders})
+    names = list(decoders)
+    for rep in range(reps):
+        for name in names:
+            decoders[name].start(prompts)
+            timings.steps[name].append([])
+        for token in range(tokens + warmup):
+            shift = (token + rep) % len(names)
+            for name in names[shift:] + names[:shift]:
+                synchronize(device)
+                start = time.perf_counter()
+                decoders[name].step()
+                synchronize(device)
+                if token >= warmup:
+                    timings.steps[name][-1].append(time.perf_counter() - start)
+        for name in names:
+            timings.summaries[name].append(decoders[name].summary())
+        log.info("rep %d/%d done", rep + 1, reps)
+    return timings
+
+
+def engines(model, tokenizer, configs: dict[str, DartConfig | None], proxies: Proxies) -> dict:
+    """One decoder per variant, each on its own sibling of `model` (None: the unpatched model)."""
+    return {name: HfDecoder(sibling(model)) if cfg is None else
+            EngineDecoder(DartEngine(sibling(model), tokenizer, cfg, proxies=proxies))
+            for name, cfg in configs.items()}
+
+
+def close(decoders: dict) -> None:
+    for decoder in decoders.values():
+        if isinstance(decoder, EngineDecoder):
+            decoder.engine.close()
+
+
+def write_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    lines = [title, "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def machine() -> str:
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) (torch {torch.__version__})"

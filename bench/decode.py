@@ -1,0 +1,75 @@
+"""Bench 1: decode tokens/s of the unpatched model, `dense` and `dart` (masked / auto FFN path) at
+several applied sparsities, batch 1 and 8, as ratios to `dense` measured side by side.
+
+    python -m bench.decode [--tokens 64 --reps 2 --batch 1 8 --sparsity 0.3 0.5 0.7]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import torch
+
+from bench import common
+from dart.config import DartConfig
+from dart.loading import ModelConfig, load_model, model_fingerprint
+
+
+def variants(sparsities: list[float]) -> dict[str, DartConfig | None]:
+    configs: dict[str, DartConfig | None] = {"hf (unpatched)": None, "dense": DartConfig(method="dense")}
+    for s in sparsities:
+        for path in ("masked", "auto"):
+            configs[f"dart {path} {s:.0%}"] = DartConfig(method="dart", budget="uniform", keep_ratio=round(1 - s, 6),
+                                                         mask_step=0, ffn_path=path)
+    return configs
+
+
+def run(model, tokenizer, prompts_of, args, proxies, device) -> list[list[str]]:
+    rows = []
+    for batch in args.batch:
+        decoders = common.engines(model, tokenizer, variants(args.sparsity), proxies)
+        try:
+            timings = common.interleave(decoders, prompts_of(batch), args.tokens, args.reps, device)
+        finally:
+            common.close(decoders)
+        for name in decoders:
+            s = timings.summary(name)
+            rows.append([str(batch), name, f"{timings.speedup(name, 'dense'):.3f}",
+                         f"{timings.speedup(name, 'hf (unpatched)'):.3f}",
+                         f"{s['applied_sparsity']:.3f}" if s else "-",
+                         f"{s['compact_share']:.2f}/{s['union_share']:.2f}" if s else "-",
+                         f"{s['bytes_ratio']:.3f}" if s else "-", str(round(s["drift_events"])) if s else "-"])
+    return rows
+
+
+HEADER = ["batch", "variant", "tok/s vs dense", "tok/s vs hf", "applied sparsity",
+          "compact/union fwd share", "FFN bytes vs dense", "drift events"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64, help="decode tokens per repetition")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    common.set_threads(args.threads)
+    model, tokenizer = load_model(ModelConfig(device=args.device))
+    proxies = common.engine_proxies(model, model_fingerprint(model))
+    device = model.get_input_embeddings().weight.device
+    start = time.perf_counter()
+    rows = run(model, tokenizer, lambda b: common.document_prompts(tokenizer, b, args.prompt_tokens), args,
+               proxies, device)
+    common.write_table(f"Bench 1: decode speed, SmolLM2-135M-Instruct {model.dtype}, {common.machine()}, "
+                       f"prompt {args.prompt_tokens} tokens, {args.tokens} tokens x {args.reps} reps "
+                       f"(median per-token ratios; {time.perf_counter() - start:.0f} s)", HEADER, rows)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

@@ -1,0 +1,61 @@
+"""Bench 2: DART bookkeeping overhead: `dart` at keep ratio 1.0 (scores, masks, drift monitoring, no
+neuron dropped) against `dense` and the unpatched model, decode tokens/s side by side, batch 1.
+
+    python -m bench.overhead [--tokens 64 --reps 4]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from bench import common
+from dart.config import DartConfig
+from dart.loading import ModelConfig, load_model, model_fingerprint
+
+VARIANTS = {
+    "hf (unpatched)": None,
+    "dense": DartConfig(method="dense"),
+    "dart keep 1.0 uniform m=0": DartConfig(method="dart", budget="uniform", keep_ratio=1.0, mask_step=0),
+    "dart keep 1.0 auto budget": DartConfig(method="dart", budget="auto", keep_ratio=1.0),
+}
+HEADER = ["variant", "tok/s vs dense", "tok/s vs hf", "overhead vs dense", "DART FLOPs / dense FFN FLOPs"]
+
+
+def run(model, tokenizer, prompts, args, proxies, device) -> list[list[str]]:
+    decoders = common.engines(model, tokenizer, VARIANTS, proxies)
+    try:
+        timings = common.interleave(decoders, prompts, args.tokens, args.reps, device)
+    finally:
+        common.close(decoders)
+    rows = []
+    for name in decoders:
+        speed = timings.speedup(name, "dense")
+        s = timings.summary(name)
+        rows.append([name, f"{speed:.3f}", f"{timings.speedup(name, 'hf (unpatched)'):.3f}",
+                     f"{1 / speed - 1:+.1%}", f"{s['overhead_flops_ratio']:.2e}" if s else "-"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    common.set_threads(args.threads)
+    model, tokenizer = load_model(ModelConfig(device=args.device))
+    proxies = common.engine_proxies(model, model_fingerprint(model))
+    start = time.perf_counter()
+    rows = run(model, tokenizer, common.document_prompts(tokenizer, 1, args.prompt_tokens), args, proxies,
+               model.get_input_embeddings().weight.device)
+    common.write_table(f"Bench 2: DART bookkeeping overhead, SmolLM2-135M-Instruct, batch 1, {common.machine()}, "
+                       f"{args.tokens} tokens x {args.reps} reps (median per-token ratios; "
+                       f"{time.perf_counter() - start:.0f} s)", HEADER, rows)
+
+
+if __name__ == "__main__":
+    main()

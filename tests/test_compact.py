@@ -1,0 +1,131 @@
+"""Compact and union FFN paths equal the masked path; auto picks them where they pay; accounting."""
+import pytest
+import torch
+
+from dart.compact import choose_path, compact_ffn, gather_layer, union_kept
+from dart.config import DartConfig, GenerationConfig
+from dart.engine import DartEngine
+from dart.loading import ModelConfig, load_model
+from dart.state import ForwardPhase, ModelShape, overhead_flops
+
+GREEDY = GenerationConfig(max_new_tokens=12, stop_on_eos=False)
+L, D, N = 3, 48, 37          # the tiny model: layers, hidden, FFN width
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
+
+
+def prompts(count, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 250, (n,), generator=gen).tolist() for n in [7, 19, 12, 25][:count]]
+
+
+def run(tiny, cfg, batch):
+    engine = DartEngine(*tiny, cfg)
+    try:
+        return engine.generate(batch, GREEDY)
+    finally:
+        engine.close()
+
+
+def static(keep, path):
+    return DartConfig(method="static", budget="uniform", keep_ratio=keep, mask_step=0, ffn_path=path)
+
+
+def test_gathered_ffn_equals_masked_ffn_for_shared_and_distinct_masks(tiny):
+    model, _ = tiny
+    mlp = model.model.layers[1].mlp
+    hidden = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
+    kept = [torch.tensor([0, 3, 4, 9, 20, 36]), torch.tensor([1, 3, 9, 10]), torch.tensor([3, 4, 5])]
+    masks = torch.zeros(3, 1, N)
+    for b, k in enumerate(kept):
+        masks[b, 0, k] = 1
+    act = mlp.act_fn(mlp.gate_proj(hidden)) * mlp.up_proj(hidden)
+    masked = mlp.down_proj(act * masks)                                        # [B, T, d]
+    shared = compact_ffn(mlp, hidden, gather_layer(mlp, kept[0]))
+    assert torch.allclose(shared, mlp.down_proj(act * masks[:1]), atol=1e-5)
+    union = union_kept([[k] for k in kept], N)[0]
+    assert union.tolist() == [0, 1, 3, 4, 5, 9, 10, 20, 36]
+    row_mask = masks.index_select(2, union)                                    # [B, 1, |U|]
+    assert torch.allclose(compact_ffn(mlp, hidden, gather_layer(mlp, union, row_mask)), masked, atol=1e-5)
+
+
+def test_compact_generation_equals_masked_generation_at_batch_one(tiny):
+    masked = run(tiny, static(0.5, "masked"), prompts(1))[0]
+    compact = run(tiny, static(0.5, "auto"), prompts(1))[0]
+    assert compact.token_ids == masked.token_ids
+    # the prefill forms its masks inside the forward (masked path); every decode forward is compact
+    assert compact.telemetry.compact_forwards == len(compact.token_ids) - 1
+    assert compact.telemetry.union_forwards == 0 and masked.telemetry.compact_forwards == 0
+
+
+def test_union_path_equals_masked_path_in_a_batch_with_distinct_masks(tiny):
+    batch = prompts(4)
+    masked = run(tiny, static(0.3, "masked"), batch)
+    union = run(tiny, static(0.3, "compact"), batch)
+    assert [r.token_ids for r in union] == [r.token_ids for r in masked]
+    assert all(r.telemetry.union_forwards == len(r.token_ids) - 1 for r in union)
+    assert all(r.telemetry.ffn_flops_executed < m.telemetry.ffn_flops_executed for r, m in zip(union, masked))
+
+
+def test_label_scoring_continuations_share_one_compact_forward(tiny):
+    engine = DartEngine(*tiny, static(0.5, "auto"))
+    try:
+        scores = engine.score_continuations(prompts(1)[0], [[5, 6], [7], [8, 9, 10]])
+    finally:
+        engine.close()
+    assert scores.telemetry.compact_forwards == 1 and scores.telemetry.union_forwards == 0
+
+
+def test_auto_takes_a_gathered_path_only_where_it_reads_fewer_bytes():
+    assert choose_path(1, 0.5, "auto") == "compact"
+    assert choose_path(8, 0.6, "auto") == "union"
+    assert choose_path(8, 0.95, "auto") == "masked"        # the union of eight kept sets is near N
+    assert choose_path(8, 0.95, "compact") == "union"      # forced
+    assert choose_path(1, 1.0, "compact") == "masked"      # keep ratio 1.0: nothing to skip
+    assert choose_path(1, 0.3, "masked") == "masked"
+
+
+def test_keep_ratio_one_multiplies_by_no_mask(tiny):
+    engine = DartEngine(*tiny, DartConfig(method="dart", budget="uniform", keep_ratio=1.0, mask_step=0))
+    try:
+        state = engine.new_state()
+        engine._step([state], torch.tensor([prompts(1)[0]]), torch.ones(1, 7, dtype=torch.long),
+                     torch.arange(7)[None], None, torch.ones(1, 7, dtype=torch.bool))
+        phases = [state.begin_forward(1)]
+        assert engine._masks([state], phases) is None
+        assert not engine._gather.plan([state], phases).gathered
+    finally:
+        engine.close()
+
+
+def test_flop_and_byte_accounting_by_hand(tiny):
+    prompt = prompts(1)[0]                                        # 7 tokens
+    result = run(tiny, static(0.5, "auto"), [prompt])[0]
+    t, k, n, decode = result.telemetry, 18, len(prompt), len(result.token_ids) - 1   # k = floor(0.5 * 37)
+    per_neuron = 6 * D                                            # gate, up, down: 2 FLOPs per multiply-add
+    assert t.ffn_flops_dense == per_neuron * L * N * (n + decode)
+    assert t.ffn_flops_kept == per_neuron * L * k * (n + decode)
+    assert t.ffn_flops_executed == per_neuron * L * (N * n + k * decode)
+    neuron_bytes = 3 * D * 4                                      # float32 rows of gate/up, column of down
+    assert t.ffn_bytes_dense == neuron_bytes * L * N * (1 + decode)
+    assert t.ffn_bytes_executed == neuron_bytes * L * (N + k * decode)
+    # overhead: prefill scores (3 per element), top-k of 3 layers, masked prefill multiply; nothing later
+    formed = 4 * N + N * N.bit_length()
+    assert t.dart_overhead_flops == 3 * n * L * N + L * formed + n * L * N
+
+
+def test_overhead_flops_by_hand():
+    shape = ModelShape(2, 10, 4)
+    monitor = ForwardPhase(masked=True, monitor=True)
+    assert overhead_flops(monitor, 1, shape, 0, 0, False, 4) == 2 * 4 + (6 * 4) // 5
+    calibrate = ForwardPhase(calibrate=True, collect_signal=True)
+    assert overhead_flops(calibrate, 5, shape, 20, 0, True, 4) == 5 * 20 + 3 * 5 * 20 + 10 * 5 * 2 * 4 + 2 * 5 * 4 + 24
+
+
+def test_batch_bytes_are_shared_among_the_rows(tiny):
+    results = run(tiny, static(0.5, "masked"), prompts(2))
+    forwards = len(results[0].token_ids)
+    assert results[0].telemetry.ffn_bytes_dense == 3 * D * 4 * L * N * forwards // 2
