@@ -72,8 +72,9 @@ class DartConfig(FrozenModel):
     mask_step: int = Field(0, ge=0, description="Forward of each epoch at which masks form (0 = prefill).")
     release_step: int | None = Field(None, ge=0, description="After this many generated tokens run dense.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift detection (method dart only).")
-    ffn_path: FfnPath = Field("auto", description="masked multiplies by masks; compact computes only kept "
-                              "neurons; auto picks per forward.")
+    ffn_path: FfnPath = Field("auto", description="masked multiplies by masks; compact computes only the "
+                              "kept neurons (rows sharing one mask); auto picks per forward between masked, "
+                              "compact and the union of the rows' kept neurons, by the weight bytes each reads.")
 
     @field_validator("keep_ratio")
     @classmethod

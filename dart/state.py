@@ -198,10 +198,11 @@ class SequenceState:
         if self.kept is not None:
             self.kept, self.mask_version = None, self.mask_version + 1
         self.carried = carry            # mixed into the new epoch's statistic at selection ('carry')
-        self.stat = torch.zeros(shape.num_layers, shape.width, dtype=torch.float32, device=self.device)
+        rows = shape.num_layers if self.cfg.prunes else 0        # dense keeps no statistics
+        self.stat = torch.zeros(rows, shape.width, dtype=torch.float32, device=self.device)
         self.stat_tokens = [0] * shape.num_layers
-        self.cos_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
-        self.ratio_sum = torch.zeros(shape.num_layers, dtype=torch.float64)
+        self.cos_sum = torch.zeros(rows, dtype=torch.float64)
+        self.ratio_sum = torch.zeros(rows, dtype=torch.float64)
         self.residual_tokens = [0] * shape.num_layers
         self.signal = SignalAccumulator(shape.hidden * self.cfg.drift.signal_layers,
                                                      self.cfg.drift.window) if self.cfg.drift_enabled else None

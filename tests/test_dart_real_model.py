@@ -39,6 +39,7 @@ def test_dense_summary_is_english_about_the_document(smollm2, prompt):
     text, telemetry = summarize(smollm2, prompt, DartConfig(method="dense"))
     assert len(text.split()) >= 8
     assert telemetry.applied_sparsity == 0.0 and telemetry.ffn_flops_kept == telemetry.ffn_flops_dense
+    assert telemetry.dart_state_bytes == 0
 
 
 def test_static_applies_half_on_every_generated_token(smollm2, prompt):
