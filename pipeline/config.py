@@ -87,8 +87,8 @@ class PoolConfig(FrozenModel):
     max_attempts: int = Field(3, ge=1, description="Attempts of a work item before its rows become error rows.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead actor.")
     in_flight_per_actor: int = Field(2, ge=1, description="Work items queued on each actor at once.")
-    ray_address: str | None = Field(None, description="Ray cluster address; null uses RAY_ADDRESS, a "
-                                    "running local cluster, or starts one on 127.0.0.1.")
+    ray_address: str | None = Field(None, description="Ray cluster address ('auto': the running local "
+                                    "cluster); null uses RAY_ADDRESS, else starts a private Ray on 127.0.0.1.")
     local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray the job starts (null: all).")
 
 

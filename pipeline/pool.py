@@ -28,19 +28,19 @@ def package_runtime_env() -> dict:
 
 
 def connect_ray(config: JobConfig) -> None:
-    """Join RAY_ADDRESS / pool.ray_address or a running local cluster; else start one on loopback."""
+    """Join pool.ray_address / RAY_ADDRESS ('auto': a running local cluster); else start a private Ray
+    on loopback. Never joins a cluster by guessing: a stale or foreign session must not capture a job."""
     import ray
 
     if ray.is_initialized():
         return
     address = config.pool.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:  # e.g. under `ray job submit`, whose --working-dir ships the code
-        ray.init(address=address)
-        return
-    try:
+    if address == "auto":
         ray.init(address="auto", runtime_env=package_runtime_env())
         logger.info("joined the running local Ray cluster")
-    except ConnectionError:
+    elif address:  # e.g. under `ray job submit`, whose --working-dir ships the code
+        ray.init(address=address)
+    else:
         start_local_ray(config.pool.local_num_cpus)
 
 
