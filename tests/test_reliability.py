@@ -117,7 +117,9 @@ def test_actor_killed_mid_item(num_actors, max_restarts, says, reference, inputs
 
 
 def _job_env(ray_cluster) -> dict:  # noqa: F811
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    # The session cluster runs in Ray's single-machine mode (loopback only); its clients must too.
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
