@@ -40,7 +40,7 @@ class PromptBuilder:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _bos(self) -> list[int]:
         """Plain prompts start with BOS where the tokenizer adds one; chat templates write their own."""
