@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import DartConfig, GenerationConfig
+from .config import DartConfig, DriftConfig, GenerationConfig
 from .engine import DartEngine
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def config_from_reference(ref: dict[str, Any]) -> DartConfig:
         "decay": ref.get("ema"),
         "selection": ref.get("selection", "topk"),
         "mask_step": int(ref.get("mask_step", 0)),
+        "drift": DriftConfig(policy="reset"),       # the reference re-masks as the paper does
     }
     if topk == "all:auto":
         fields.update(budget="auto", keep_ratio=1.0 - float(ref["rho"]) / 100.0)

@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import requires_shared, shared_dir
-from dart.config import DartConfig, GenerationConfig
+from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.loading import ModelConfig, load_model, model_fingerprint
 
@@ -52,9 +52,16 @@ def test_static_applies_half_on_every_generated_token(smollm2, prompt):
 
 
 def test_dart_applies_half_outside_dense_calibration_forwards(smollm2, prompt):
-    _, t = summarize(smollm2, prompt, DartConfig(method="dart", budget="auto", keep_ratio=0.5, ranking="max"))
+    _, t = summarize(smollm2, prompt, DartConfig(method="dart", budget="auto", keep_ratio=0.5, ranking="max",
+                                                 drift=DriftConfig(policy="reset")))
     calibration = {0} | {p + 1 for p in t.drift_positions if p + 1 < 40}
     for position, sparsity in enumerate(t.sparsity_per_token):
         assert sparsity == (0.0 if position in calibration else pytest.approx(0.5, abs=0.005)), position
     assert t.epochs == t.drift_events + 1
     assert t.applied_sparsity == pytest.approx(0.5 * (40 - len(calibration)) / 40, abs=0.005)
+
+
+def test_default_dart_keeps_half_after_drift_events(smollm2, prompt):
+    _, t = summarize(smollm2, prompt, DartConfig(method="dart", budget="auto", keep_ratio=0.5, ranking="max"))
+    assert t.sparsity_per_token[0] == 0.0                   # only the prefill calibrates densely
+    assert t.sparsity_per_token[1:] == pytest.approx([0.5] * 39, abs=0.005)

@@ -30,7 +30,7 @@ def formation_forwards(result):
 
 
 def test_reset_policy_recalibrates_densely_under_auto(tiny):
-    result = generate(tiny, DartConfig(budget="auto", drift=DriftConfig(**TOUCHY)))
+    result = generate(tiny, DartConfig(budget="auto", drift=DriftConfig(policy="reset", **TOUCHY)))
     t = result.telemetry
     assert t.drift_events >= 1
     # each new epoch: forward p+1 dense (auto needs one complete forward), masks from p+2
@@ -41,11 +41,16 @@ def test_reset_policy_recalibrates_densely_under_auto(tiny):
 
 
 def test_recalibration_tokens_add_dense_forwards(tiny):
-    cfg = DartConfig(budget="uniform", mask_step=0, drift=DriftConfig(recalibration_tokens=4, **TOUCHY))
+    cfg = DartConfig(budget="uniform", mask_step=0,
+                     drift=DriftConfig(policy="reset", recalibration_tokens=4, **TOUCHY))
     result = generate(tiny, cfg)
     first = result.telemetry.drift_positions[0]
     assert result.telemetry.sparsity_per_token[first + 1:first + 5] == [0.0] * 4
     assert formation_forwards(result)[:2] == [0, first + 5]
+
+
+def test_carry_is_the_default_policy():
+    assert DartConfig().drift.policy == "carry"
 
 
 def test_carry_keeps_budgets_and_reselects_without_a_dense_forward(tiny):
@@ -90,10 +95,11 @@ def test_carry_mixes_per_token_statistics_across_epochs(tiny):
 
 
 def test_baseline_tokens_keep_monitoring_after_a_single_token_epoch(tiny):
-    plain = generate(tiny, DartConfig(budget="uniform", mask_step=0, drift=DriftConfig(**TOUCHY)))
+    plain = generate(tiny, DartConfig(budget="uniform", mask_step=0, drift=DriftConfig(policy="reset", **TOUCHY)))
     assert plain.telemetry.drift_events >= 1
     assert plain.telemetry.epoch_thresholds[1] is None          # one token: no spread, never fires again
-    waited = generate(tiny, DartConfig(budget="uniform", mask_step=0, drift=DriftConfig(baseline_tokens=6, **TOUCHY)))
+    waited = generate(tiny, DartConfig(budget="uniform", mask_step=0,
+                                       drift=DriftConfig(policy="reset", baseline_tokens=6, **TOUCHY)))
     assert waited.telemetry.epoch_thresholds[1] is not None
     assert waited.telemetry.drift_events > 1
 
