@@ -47,6 +47,17 @@ def engine_proxies(model, fingerprint: str | None) -> Proxies:
     return load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
 
 
+def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO):
+    """Logging, torch threads, the embedded SmolLM2 and its proxies: what every CPU bench starts with.
+    Returns (model, tokenizer, proxies)."""
+    from dart.loading import ModelConfig, load_model, model_fingerprint
+
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    set_threads(threads)
+    model, tokenizer = load_model(ModelConfig(device=device))
+    return model, tokenizer, engine_proxies(model, model_fingerprint(model))
+
+
 def document_prompts(tokenizer, count: int, length: int) -> list[list[int]]:
     """`count` XSum documents cut to exactly `length` tokens each (no padding in the batch)."""
     import pyarrow.parquet as pq

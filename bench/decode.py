@@ -6,14 +6,12 @@ several applied sparsities, batch 1 and 8, as ratios to `dense` measured side by
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 import torch
 
 from bench import common
 from dart.config import DartConfig
-from dart.loading import ModelConfig, load_model, model_fingerprint
 
 
 def variants(sparsities: list[float]) -> dict[str, DartConfig | None]:
@@ -57,10 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    common.set_threads(args.threads)
-    model, tokenizer = load_model(ModelConfig(device=args.device))
-    proxies = common.engine_proxies(model, model_fingerprint(model))
+    model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
     device = model.get_input_embeddings().weight.device
     start = time.perf_counter()
     rows = run(model, tokenizer, lambda b: common.document_prompts(tokenizer, b, args.prompt_tokens), args,

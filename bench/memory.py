@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import torch
 from bench import common
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import ModelConfig, load_model, model_fingerprint
 from dart.state import ModelShape, SequenceState
 
 MIB = 2 ** 20
@@ -156,10 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    common.set_threads(args.threads)
-    model, tokenizer = load_model(ModelConfig(device="cpu"))
-    proxies = common.engine_proxies(model, model_fingerprint(model))
+    model, tokenizer, proxies = common.load_embedded(args.threads, "cpu")
     if args.child:
         prompts = common.document_prompts(tokenizer, args.batch, args.prompt_tokens)
         cfg = memory_configs(args.keep)[args.child]

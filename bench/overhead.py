@@ -6,12 +6,10 @@ neuron dropped) against `dense` and the unpatched model, decode tokens/s side by
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 from bench import common
 from dart.config import DartConfig
-from dart.loading import ModelConfig, load_model, model_fingerprint
 
 VARIANTS = {
     "hf (unpatched)": None,
@@ -45,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    common.set_threads(args.threads)
-    model, tokenizer = load_model(ModelConfig(device=args.device))
-    proxies = common.engine_proxies(model, model_fingerprint(model))
+    model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
     start = time.perf_counter()
     rows = run(model, tokenizer, common.document_prompts(tokenizer, 1, args.prompt_tokens), args, proxies,
                model.get_input_embeddings().weight.device)

@@ -92,12 +92,17 @@ class PoolConfig(FrozenModel):
     local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray the job starts (null: all).")
 
 
-class SummarizeConfig(FrozenModel):
+class ChatPromptConfig(FrozenModel):
+    """How a task's user message is wrapped for the model."""
+
+    system_prompt: str | None = Field(None, description="System message when the chat template is used.")
+    use_chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template if it has one.")
+
+
+class SummarizeConfig(ChatPromptConfig):
     prompt_template: str = Field(
         "Summarize the following article in one sentence.\n\n{document}",
         description="User message; {document} is the (truncated) document.")
-    system_prompt: str | None = Field(None, description="System message when the chat template is used.")
-    use_chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template if it has one.")
     max_document_tokens: int = Field(512, ge=1, description="Documents are cut to this many tokens "
                                      "(the row's `truncated` flag says so).")
     reference_nll: bool = Field(False, description="Also score the reference by teacher forcing: mean "
@@ -110,12 +115,10 @@ class SummarizeConfig(FrozenModel):
         return check_template(v, {"document"}, {"document"})
 
 
-class QaConfig(FrozenModel):
+class QaConfig(ChatPromptConfig):
     prompt_template: str = Field(
         "{context}\n\nQuestion: {question}\nAnswer in a few words.",
         description="User message with {question} and optionally {context}.")
-    system_prompt: str | None = Field(None, description="System message when the chat template is used.")
-    use_chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template if it has one.")
     max_context_tokens: int = Field(512, ge=1, description="The context (or, without a context column, "
                                     "the question) is cut to this many tokens.")
     truncation_side: Literal["right", "left"] = Field(
