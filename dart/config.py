@@ -101,6 +101,13 @@ class DartConfig(FrozenModel):
             check_per_layer_syntax(self.per_layer)
         return self
 
+    def output_settings(self) -> dict:
+        """The settings that can change what the engine computes: dense reads none of the pruning knobs
+        and only dart reads `drift`, so a run's identity leaves the unread ones out."""
+        if self.method == "dense":
+            return {"method": "dense"}
+        return self.model_dump(mode="json", exclude=None if self.drift_enabled else {"drift"})
+
     @property
     def prunes(self) -> bool:
         return self.method != "dense"

@@ -206,7 +206,7 @@ class JobConfig(FrozenModel):
         """Hash of everything that decides the output rows, plus the planned work items."""
         semantic = {
             "version": PIPELINE_VERSION, "task": self.task, "plan": plan_digest,
-            "model": self.model.model_dump(mode="json", exclude={"cache_dir"}), "dart": self.dart.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json", exclude={"cache_dir"}), "dart": self.dart.output_settings(),
             "generation": self.generation.model_dump(mode="json"),
             "input": self.input.model_dump(mode="json"), "batch_size": self.pool.batch_size,
             "task_settings": self.task_settings.model_dump(mode="json"),

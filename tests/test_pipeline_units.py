@@ -63,6 +63,20 @@ def test_fingerprint_ignores_pool_size_and_control_but_not_method(tmp_path):
     assert a.fingerprint("p") != a.fingerprint("q")
 
 
+def test_fingerprint_leaves_out_settings_the_method_never_reads():
+    base = ["input.paths=[a]", "input.text_column=d"]
+
+    def fp(*extra):
+        return load_config(None, [*base, *extra], task="summarize").fingerprint("p")
+
+    for method in ("dense", "static"):
+        assert fp(f"dart.method={method}") == fp(f"dart.method={method}", "dart.drift.policy=reset",
+                                                  "dart.drift.window=9")
+    assert fp("dart.method=dense") == fp("dart.method=dense", "dart.keep_ratio=0.3", "dart.ranking=max")
+    assert fp("dart.method=static") != fp("dart.method=static", "dart.keep_ratio=0.3")
+    assert fp("dart.method=dart") != fp("dart.method=dart", "dart.drift.policy=reset")
+
+
 # ---- sources and plan -------------------------------------------------------------------------
 def test_plan_covers_every_row_once_with_stable_ids(tmp_path):
     paths = write_docs(tmp_path / "in")
