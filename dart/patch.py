@@ -79,10 +79,13 @@ def patch_model(model: nn.Module, runtime: Runtime, signal_layers: int = 1) -> l
     Returns hook handles; `unpatch_model` undoes everything."""
     check_supported(model)
     layers = decoder_layers(model)
+    if not 1 <= signal_layers <= len(layers):
+        raise ValueError(f"drift.signal_layers must be in 1..{len(layers)} for this model, got {signal_layers}")
+    if any(isinstance(layer.mlp, DartMLP) for layer in layers):
+        raise ValueError("this model is already patched by another DartEngine: close that engine first")
     handles = []
     for index, layer in enumerate(layers):
-        if not isinstance(layer.mlp, DartMLP):
-            layer.mlp = DartMLP(layer.mlp, index, runtime)
+        layer.mlp = DartMLP(layer.mlp, index, runtime)
 
         def residual_hook(_module, args, index=index):
             if runtime.current is not None:
@@ -90,8 +93,6 @@ def patch_model(model: nn.Module, runtime: Runtime, signal_layers: int = 1) -> l
 
         handles.append(layer.post_attention_layernorm.register_forward_pre_hook(residual_hook))
 
-    if not 1 <= signal_layers <= len(layers):
-        raise ValueError(f"drift.signal_layers must be in 1..{len(layers)} for this model, got {signal_layers}")
     for index in range(len(layers) - signal_layers, len(layers)):
         def attention_hook(_module, _args, output, index=index):
             if runtime.current is not None:
