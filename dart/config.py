@@ -1,7 +1,7 @@
 """Typed, validated settings of the DART engine (DART_SPEC.md sections 2-6)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -38,6 +38,10 @@ class AutoBudgetConfig(FrozenModel):
 class DriftConfig(FrozenModel):
     """Drift detection and re-masking (spec section 6)."""
 
+    # Knobs added after runs were recorded: at these values they change nothing, so a run's identity
+    # leaves them out and finished runs stay valid.
+    ADDED_KNOBS_OFF: ClassVar[dict[str, object]] = {"replay_tokens": 0}
+
     window: int = Field(5, ge=1, description="W: tokens per window of the attention signal.")
     kappa: float = Field(0.1, ge=0, description="Threshold spread multiplier.")
     delta: float = Field(0.1, ge=0, description="Minimum threshold margin below the baseline mean.")
@@ -50,6 +54,10 @@ class DriftConfig(FrozenModel):
     baseline_tokens: int = Field(
         0, ge=0, description="Least signal tokens an epoch's baseline forms from; it forms at mask formation "
         "or, if fewer tokens were seen, at the first forward that reaches this many (0: at mask formation).")
+    replay_tokens: int = Field(
+        0, ge=0, description="At a drift event, the FFN inputs of this many most recent tokens are run through "
+        "every neuron once and join the new epoch's statistics, so its masks form from more than the one token "
+        "after the event (0: none, as the paper).")
     policy: RemaskPolicy = Field(
         "carry", description="What a new epoch keeps: 'carry' (default, chosen by measurement on XSum) keeps the "
         "budgets and mixes the old epoch's per-token scores into the new epoch's, with no dense forward; "
@@ -106,7 +114,12 @@ class DartConfig(FrozenModel):
         and only dart reads `drift`, so a run's identity leaves the unread ones out."""
         if self.method == "dense":
             return {"method": "dense"}
-        return self.model_dump(mode="json", exclude=None if self.drift_enabled else {"drift"})
+        settings = self.model_dump(mode="json", exclude=None if self.drift_enabled else {"drift"})
+        if self.drift_enabled:
+            for knob, off in DriftConfig.ADDED_KNOBS_OFF.items():
+                if settings["drift"][knob] == off:
+                    del settings["drift"][knob]
+        return settings
 
     @property
     def prunes(self) -> bool:

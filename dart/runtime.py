@@ -23,6 +23,7 @@ class ForwardPass:
         self.forming = [b for b, p in enumerate(phases) if p.form_in_forward]
         self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
         self.signal_rows = [b for b, p in enumerate(phases) if p.collect_signal or p.monitor]
+        self.remembering = [b for b, s in enumerate(states) if s.remembers_inputs()]
         self._residuals: dict[int, torch.Tensor] = {}
         self._signal_parts: list[torch.Tensor] = []     # attention outputs of the drift signal layers
 
@@ -31,10 +32,15 @@ class ForwardPass:
         return tensor[row] if self.all_valid else tensor[row][self.token_mask[row]]
 
     def ffn(self, layer: int, mlp: DartMLP, hidden: torch.Tensor) -> torch.Tensor:
+        for b in self.remembering:
+            self.states[b].remember_inputs(layer, self._tokens(hidden, b))
         if self.compact is not None:
             return compact_ffn(mlp, hidden, self.compact[layer])
         act = mlp.activations(hidden)                                    # [B, T, N]
         for b in self.calibrating:
+            replay = self.states[b].replay_inputs(layer)
+            if replay is not None:     # older tokens first: EMA statistics are order-sensitive
+                self.states[b].observe_activations(layer, mlp.activations(replay).float())
             self.states[b].observe_activations(layer, self._tokens(act, b).float())
         for b in self.forming:
             kept = self.states[b].form_layer(layer)

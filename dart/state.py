@@ -51,14 +51,16 @@ DENSE_FFN = FfnExecution()
 
 
 def overhead_flops(phase: ForwardPhase, tokens: int, shape: ModelShape, mask_elements: int,
-                   formed_layers: int, residual: bool, signal_width: int) -> int:
+                   formed_layers: int, residual: bool, signal_width: int, replayed: int = 0) -> int:
     """DART's own FLOPs in one forward of one sequence, beside the model's (spec section 7: O(L*N + d)
     per token). Estimates per element: score update 3 (square or |a|, scale, add); auto-budget residual
     statistics 10 per d (two norms, a dot, a difference); drift signal 2 per d (window and baseline
     sums) plus a cosine (6 d) per window; mask formation 4 per neuron (rank) plus N log2 N (top-k);
-    the mask multiply 1 per masked element."""
+    the mask multiply 1 per masked element; replayed tokens 4 d per neuron (gate and up) and their
+    score update."""
     L, N, d = shape.num_layers, shape.width, shape.hidden
     flops = tokens * mask_elements + formed_layers * (4 * N + N * max(1, N.bit_length()))
+    flops += replayed * L * N * (4 * d + 3)
     if phase.calibrate:
         flops += 3 * tokens * L * N
     if residual:
@@ -125,6 +127,9 @@ class SequenceState:
         self._drift_fired = False
         self._formed_layers = 0          # masks selected in the forward in progress (overhead accounting)
         self.carried: torch.Tensor | None = None        # 'carry': previous epoch's per-token statistic [L, N]
+        self.recent_inputs: list[torch.Tensor | None] = [None] * shape.num_layers   # per layer [<=R, d]
+        self.replay: list[torch.Tensor | None] | None = None    # recent_inputs at the last drift event
+        self._replayed = 0               # replayed tokens in the forward in progress (overhead accounting)
         self._reset_epoch(carry=None)
 
     # ---- schedule -------------------------------------------------------------------------
@@ -167,8 +172,8 @@ class SequenceState:
         kept_counts = self.kept_counts()
         signal_width = self.shape.hidden * self.cfg.drift.signal_layers
         overhead = overhead_flops(self._phase, tokens, self.shape, execution.mask_elements, self._formed_layers,
-                                  self.needs_residual(), signal_width)
-        self._formed_layers = 0
+                                  self.needs_residual(), signal_width, self._replayed)
+        self._formed_layers, self._replayed, self.replay = 0, 0, None     # a replay joins one forward only
         self.ledger.record(tokens, kept_counts, self.shape, execution, overhead)
         if self.trace is not None:
             self.trace.kept_per_forward.append(kept_counts)
@@ -179,6 +184,8 @@ class SequenceState:
             self._drift_fired = False
             self.epoch += 1
             self._reset_epoch(carry=self._per_token_statistic() if self.cfg.drift.policy == "carry" else None)
+            if self.cfg.drift.replay_tokens:
+                self.replay = list(self.recent_inputs)      # a snapshot: the buffer rolls on
 
     def _per_token_statistic(self) -> torch.Tensor:
         """This epoch's statistic per token [L, N] (mean square for L2, the EMA itself), with what it carried."""
@@ -221,6 +228,25 @@ class SequenceState:
         else:
             self.stat[layer] = scores.ema_update(self.stat[layer], act, cfg.decay)
         self.stat_tokens[layer] += act.shape[0]
+
+    def remembers_inputs(self) -> bool:
+        return self.cfg.drift_enabled and self.cfg.drift.replay_tokens > 0
+
+    def remember_inputs(self, layer: int, hidden: torch.Tensor) -> None:
+        """FFN inputs [T, d] of this sequence's tokens; the last `replay_tokens` of them are kept."""
+        keep = self.cfg.drift.replay_tokens
+        previous = self.recent_inputs[layer]
+        recent = hidden[-keep:] if previous is None else torch.cat([previous, hidden[-keep:]])[-keep:]
+        self.recent_inputs[layer] = recent.detach().clone()
+
+    def replay_inputs(self, layer: int) -> torch.Tensor | None:
+        """FFN inputs [R, d] kept at the last drift event, due to join this forward's statistics."""
+        if self.replay is None or not self._phase.calibrate:
+            return None
+        inputs = self.replay[layer]
+        if inputs is not None and layer == 0:
+            self._replayed = inputs.shape[0]
+        return inputs
 
     def observe_residual(self, layer: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Auto-budget statistics. x: residual entering post_attention_layernorm [T, d]; y: FFN output [T, d]."""
@@ -328,4 +354,5 @@ class SequenceState:
             total += self.signal.state_bytes()
         if self.monitor is not None:
             total += self.monitor.state_bytes()
+        total += sum(x.numel() * x.element_size() for x in self.recent_inputs if x is not None)
         return total

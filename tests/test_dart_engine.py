@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from dart.config import DartConfig, GenerationConfig
+from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.loading import ModelConfig, load_model
 
@@ -13,6 +13,8 @@ METHODS = {
     "dart_auto": DartConfig(method="dart", budget="auto", keep_ratio=0.5, ranking="max"),
     "static_m2_ema": DartConfig(method="static", budget="uniform", keep_ratio=0.3, mask_step=2, decay=0.9),
     "griffin": DartConfig(method="griffin", keep_ratio=0.5),
+    "dart_carry_replay": DartConfig(method="dart", budget="auto", keep_ratio=0.5, drift=DriftConfig(
+        window=3, kappa=0.0, delta=0.0, baseline_tokens=6, replay_tokens=4)),
     "dense": DartConfig(method="dense"),
 }
 

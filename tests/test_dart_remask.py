@@ -5,6 +5,8 @@ import torch
 from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.loading import ModelConfig, load_model
+from dart.patch import DartMLP
+from dart.state import DENSE, SequenceState, overhead_flops
 
 GEN = GenerationConfig(max_new_tokens=40, stop_on_eos=False)
 # kappa = delta = 0 puts the threshold at the baseline mean, so drift fires often on a random model
@@ -116,3 +118,61 @@ def test_signal_from_more_layers(tiny):
     assert one.telemetry.drift_cosines != two.telemetry.drift_cosines
     with pytest.raises(ValueError, match="signal_layers"):
         DartEngine(*tiny, DartConfig(drift=DriftConfig(signal_layers=9)))
+    assert not any(isinstance(layer.mlp, DartMLP) for layer in tiny[0].model.layers)   # refused before patching
+    assert generate(tiny, DartConfig(budget="uniform", drift=DriftConfig(**TOUCHY))).telemetry.drift_events >= 1
+    first = DartEngine(*tiny, DartConfig())
+    try:
+        with pytest.raises(ValueError, match="already patched"):
+            DartEngine(*tiny, DartConfig())
+    finally:
+        first.close()
+
+
+def test_replay_runs_the_last_tokens_ffn_inputs_through_every_neuron_at_a_drift_event(tiny, monkeypatch):
+    model, _ = tiny
+    replay = 3
+    cfg = DartConfig(budget="uniform", drift=DriftConfig(replay_tokens=replay, **TOUCHY))
+    inputs = []                                          # layer 1's FFN input of each forward (batch 1)
+    norm = model.model.layers[1].post_attention_layernorm
+    hook = norm.register_forward_hook(lambda _m, _args, out: inputs.append(out[0].clone()))
+    observed = []                                        # (forward, rows) of layer 1's statistics updates
+    original = SequenceState.observe_activations
+
+    def spy(self, layer, act):
+        if layer == 1:
+            observed.append((self.forward, act.clone()))
+        original(self, layer, act)
+
+    monkeypatch.setattr(SequenceState, "observe_activations", spy)
+    try:
+        result = generate(tiny, cfg)
+    finally:
+        hook.remove()
+    drift = result.telemetry.drift_positions[0]
+    mlp = model.model.layers[1].mlp                                     # unpatched again
+    at_remask = [act for forward, act in observed if forward == drift + 1]
+    assert [a.shape[0] for a in at_remask] == [replay, 1]           # the replayed tokens, then the new one
+    recent = torch.cat(inputs[:drift + 1])[-replay:]                  # inputs up to the drift token's forward
+    with torch.inference_mode():
+        expected = (mlp.act_fn(mlp.gate_proj(recent)) * mlp.up_proj(recent)).float()
+    assert torch.allclose(at_remask[0], expected, atol=1e-5)
+    assert [f for f, _ in observed].count(drift + 2) == 0             # a replay joins one forward only
+
+
+def test_replay_keeps_the_last_tokens_only_and_costs_its_overhead(tiny):
+    plain = DartConfig(budget="uniform", drift=DriftConfig(**TOUCHY))
+    replayed = DartConfig(budget="uniform", drift=DriftConfig(replay_tokens=4, **TOUCHY))
+    engine = DartEngine(*tiny, replayed)
+    try:
+        state = engine.new_state()
+        hidden = engine.shape.hidden
+        state.remember_inputs(0, torch.arange(7 * hidden, dtype=torch.float32).view(7, hidden))
+        state.remember_inputs(0, torch.full((1, hidden), -1.0))
+        assert state.recent_inputs[0][:, 0].tolist() == [4 * hidden, 5 * hidden, 6 * hidden, -1.0]
+    finally:
+        engine.close()
+    shape = engine.shape
+    extra = overhead_flops(DENSE, 1, shape, 0, 0, False, shape.hidden, replayed=4) - \
+        overhead_flops(DENSE, 1, shape, 0, 0, False, shape.hidden)
+    assert extra == 4 * shape.num_layers * shape.width * (4 * shape.hidden + 3)
+    assert generate(tiny, plain).telemetry.dart_state_bytes < generate(tiny, replayed).telemetry.dart_state_bytes

@@ -75,6 +75,8 @@ def test_fingerprint_leaves_out_settings_the_method_never_reads():
     assert fp("dart.method=dense") == fp("dart.method=dense", "dart.keep_ratio=0.3", "dart.ranking=max")
     assert fp("dart.method=static") != fp("dart.method=static", "dart.keep_ratio=0.3")
     assert fp("dart.method=dart") != fp("dart.method=dart", "dart.drift.policy=reset")
+    assert fp("dart.method=dart") == fp("dart.method=dart", "dart.drift.replay_tokens=0")   # a knob added off
+    assert fp("dart.method=dart") != fp("dart.method=dart", "dart.drift.replay_tokens=5")
 
 
 # ---- sources and plan -------------------------------------------------------------------------
