@@ -18,6 +18,7 @@ class Proxies:
     pmean: torch.Tensor   # [L, N] float32
 
 
+@torch.no_grad()   # the weights are Parameters: with autograd on, every chunk's product would be kept
 def layer_proxies(down_weight: torch.Tensor, embed: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """max_v / mean_v |C[i, v]| of C = W_down^T E^T, chunked over V so N x V is never held.
 

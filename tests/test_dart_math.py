@@ -99,6 +99,14 @@ def test_proxies_match_brute_force_when_chunked():
     assert torch.allclose(pmean, c.mean(dim=1), rtol=1e-6)
 
 
+def test_proxies_of_parameters_keep_no_autograd_graph():
+    # a graph would hold every chunk's N x V product: 18 GB for SmolLM2's 30 layers
+    down, embed = torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(23, 6))
+    pmax, pmean = layer_proxies(down, embed, chunk=4)
+    assert pmax.grad_fn is None and pmean.grad_fn is None
+    assert not pmax.requires_grad and not pmean.requires_grad
+
+
 def test_signal_windows_span_forwards_and_drop_remainder():
     acc = SignalAccumulator(hidden=1, window=2)
     acc.add(torch.tensor([[1.0], [3.0], [5.0]]))
