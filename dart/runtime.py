@@ -23,7 +23,8 @@ class ForwardPass:
         self.forming = [b for b, p in enumerate(phases) if p.form_in_forward]
         self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
         self.signal_rows = [b for b, p in enumerate(phases) if p.collect_signal or p.monitor]
-        self.remembering = [b for b, s in enumerate(states) if s.remembers_inputs()]
+        first_rows = {s.uid: b for b, s in reversed(list(enumerate(states)))}    # rows may share a state
+        self.remembering = [b for b in first_rows.values() if states[b].remembers_inputs()]
         self._residuals: dict[int, torch.Tensor] = {}
         self._signal_parts: list[torch.Tensor] = []     # attention outputs of the drift signal layers
 
