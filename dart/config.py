@@ -59,9 +59,10 @@ class DriftConfig(FrozenModel):
         "every neuron once and join the new epoch's statistics, so its masks form from more than the one token "
         "after the event (0: none, as the paper).")
     policy: RemaskPolicy = Field(
-        "carry", description="What a new epoch keeps: 'carry' (default, chosen by measurement on XSum) keeps the "
-        "budgets and mixes the old epoch's per-token scores into the new epoch's, with no dense forward; "
-        "'reset' clears scores and budgets (the paper's policy, DART_SPEC section 6).")
+        "carry", description="What a new epoch keeps: 'carry' (default; the best or tied-best policy measured on "
+        "XSum and Quoref, docs/studies/remask_policies) keeps the budgets and mixes the old epoch's per-token scores "
+        "into the new epoch's, with no dense forward; 'reset' clears scores and budgets (the paper's policy, "
+        "DART_SPEC section 6).")
     carry_weight: float = Field(1.0, ge=0, description="Under 'carry': weight of the old epoch's per-token "
                                 "statistic against the new epoch's tokens (1: equal).")
 
