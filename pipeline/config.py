@@ -99,15 +99,20 @@ class ChatPromptConfig(FrozenModel):
     use_chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template if it has one.")
 
 
-class SummarizeConfig(ChatPromptConfig):
+class GenerationTaskConfig(ChatPromptConfig):
+    """A task that generates text and has references to score it against."""
+
+    reference_nll: bool = Field(False, description="Also score the reference (QA: the first accepted answer) by "
+                                "teacher forcing: mean negative log-likelihood per reference token under the masks "
+                                "DART forms from the prompt (column reference_nll; one more forward per row).")
+
+
+class SummarizeConfig(GenerationTaskConfig):
     prompt_template: str = Field(
         "Summarize the following article in one sentence.\n\n{document}",
         description="User message; {document} is the (truncated) document.")
     max_document_tokens: int = Field(512, ge=1, description="Documents are cut to this many tokens "
                                      "(the row's `truncated` flag says so).")
-    reference_nll: bool = Field(False, description="Also score the reference by teacher forcing: mean "
-                                "negative log-likelihood per reference token under the masks DART forms "
-                                "from the prompt (column reference_nll; one more forward per row).")
 
     @field_validator("prompt_template")
     @classmethod
@@ -115,7 +120,7 @@ class SummarizeConfig(ChatPromptConfig):
         return check_template(v, {"document"}, {"document"})
 
 
-class QaConfig(ChatPromptConfig):
+class QaConfig(GenerationTaskConfig):
     prompt_template: str = Field(
         "{context}\n\nQuestion: {question}\nAnswer in a few words.",
         description="User message with {question} and optionally {context}.")
@@ -124,9 +129,6 @@ class QaConfig(ChatPromptConfig):
     truncation_side: Literal["right", "left"] = Field(
         "right", description="Which end of the context to cut ('left' keeps the end).")
     first_line_only: bool = Field(True, description="Keep only the first line of the generated answer.")
-    reference_nll: bool = Field(False, description="Also score the first reference answer by teacher forcing: mean "
-                                "negative log-likelihood per reference token under the masks DART forms "
-                                "from the prompt (column reference_nll; one more forward per row).")
 
     @field_validator("prompt_template")
     @classmethod

@@ -35,6 +35,11 @@ def colors(variants: list[str], methods: list[str]) -> dict[str, str]:
     return out
 
 
+def _ok_items(results: pd.DataFrame, dataset: str, config: str) -> pd.DataFrame:
+    """The rows of one config on one dataset that finished without error."""
+    return results[(results["dataset"] == dataset) & (results["config"] == config) & (results["status"] == "ok")]
+
+
 def _style(summary: pd.DataFrame):
     palette = colors(list(summary["variant"]), list(summary["method"]))
     budgets = [b for b in dict.fromkeys(summary["budget"]) if b != "-"]
@@ -99,8 +104,7 @@ def drift(results: pd.DataFrame, summary: pd.DataFrame, dataset: str, path: Path
     pruned = data[data["method"] != "dense"].reset_index(drop=True)
     bar = 0.8 / max(len(pruned), 1)
     for _, row in data.iterrows():
-        items = results[(results["dataset"] == dataset) & (results["config"] == row["config"])
-                        & (results["status"] == "ok")]
+        items = _ok_items(results, dataset, row["config"])
         color = palette[row["variant"]]
         positions = [p / max(n, 1) for ps, n in zip(items["drift_positions"], items["generated_tokens"])
                      for p in (ps if ps is not None else [])]
@@ -144,7 +148,7 @@ def layer_heatmap(results: pd.DataFrame, summary: pd.DataFrame, dataset: str, pa
     data = summary[summary["dataset"] == dataset]
     matrix = []
     for config in data["config"]:
-        items = results[(results["dataset"] == dataset) & (results["config"] == config) & (results["status"] == "ok")]
+        items = _ok_items(results, dataset, config)
         rows = [np.asarray(k, dtype=float) for k in items["kept_fraction_per_layer"] if k is not None and len(k)]
         matrix.append(np.mean(rows, axis=0) if rows else None)
     width = max((len(m) for m in matrix if m is not None), default=1)
