@@ -129,7 +129,6 @@ class SequenceState:
         self.carried: torch.Tensor | None = None        # 'carry': previous epoch's per-token statistic [L, N]
         self.recent_inputs: list[torch.Tensor | None] = [None] * shape.num_layers   # per layer [<=R, d]
         self.replay: list[torch.Tensor | None] | None = None    # recent_inputs at the last drift event
-        self._replayed = 0               # replayed tokens in the forward in progress (overhead accounting)
         self._reset_epoch(carry=None)
 
     # ---- schedule -------------------------------------------------------------------------
@@ -172,8 +171,8 @@ class SequenceState:
         kept_counts = self.kept_counts()
         signal_width = self.shape.hidden * self.cfg.drift.signal_layers
         overhead = overhead_flops(self._phase, tokens, self.shape, execution.mask_elements, self._formed_layers,
-                                  self.needs_residual(), signal_width, self._replayed)
-        self._formed_layers, self._replayed, self.replay = 0, 0, None     # a replay joins one forward only
+                                  self.needs_residual(), signal_width, self._replayed_tokens())
+        self._formed_layers, self.replay = 0, None     # a replay joins one forward only
         self.ledger.record(tokens, kept_counts, self.shape, execution, overhead)
         if self.trace is not None:
             self.trace.kept_per_forward.append(kept_counts)
@@ -243,10 +242,11 @@ class SequenceState:
         """FFN inputs [R, d] kept at the last drift event, due to join this forward's statistics."""
         if self.replay is None or not self._phase.calibrate:
             return None
-        inputs = self.replay[layer]
-        if inputs is not None and layer == 0:
-            self._replayed = inputs.shape[0]
-        return inputs
+        return self.replay[layer]
+
+    def _replayed_tokens(self) -> int:
+        inputs = self.replay_inputs(0)
+        return 0 if inputs is None else inputs.shape[0]
 
     def observe_residual(self, layer: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Auto-budget statistics. x: residual entering post_attention_layernorm [T, d]; y: FFN output [T, d]."""
