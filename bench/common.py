@@ -50,7 +50,8 @@ def engine_proxies(model, fingerprint: str | None) -> Proxies:
 def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO):
     """Logging, torch threads, the embedded SmolLM2 and its proxies: what every CPU bench starts with.
     Returns (model, tokenizer, proxies)."""
-    from dart.loading import ModelConfig, load_model, model_fingerprint
+    from dart.loading import load_model, model_fingerprint
+    from dart.model_config import ModelConfig
 
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     set_threads(threads)

@@ -15,7 +15,8 @@ import yaml
 
 from .config import DartConfig, GenerationConfig
 from .engine import DartEngine
-from .loading import EMBEDDED_MODEL, ModelConfig, load_model, model_fingerprint
+from .loading import load_model, model_fingerprint
+from .model_config import EMBEDDED_MODEL, ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Typed, validated settings of the DART engine (DART_SPEC.md sections 2-6)."""
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -37,10 +37,6 @@ class AutoBudgetConfig(FrozenModel):
 
 class DriftConfig(FrozenModel):
     """Drift detection and re-masking (spec section 6)."""
-
-    # Knobs added after runs were recorded: at these values they change nothing, so a run's identity
-    # leaves them out and finished runs stay valid.
-    ADDED_KNOBS_OFF: ClassVar[dict[str, object]] = {"replay_tokens": 0}
 
     window: int = Field(5, ge=1, description="W: tokens per window of the attention signal.")
     kappa: float = Field(0.1, ge=0, description="Threshold spread multiplier.")
@@ -109,18 +105,6 @@ class DartConfig(FrozenModel):
 
             check_per_layer_syntax(self.per_layer)
         return self
-
-    def output_settings(self) -> dict:
-        """The settings that can change what the engine computes: dense reads none of the pruning knobs
-        and only dart reads `drift`, so a run's identity leaves the unread ones out."""
-        if self.method == "dense":
-            return {"method": "dense"}
-        settings = self.model_dump(mode="json", exclude=None if self.drift_enabled else {"drift"})
-        if self.drift_enabled:
-            for knob, off in DriftConfig.ADDED_KNOBS_OFF.items():
-                if settings["drift"][knob] == off:
-                    del settings["drift"][knob]
-        return settings
 
     @property
     def prunes(self) -> bool:

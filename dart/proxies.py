@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .model_config import cache_root
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ def compute_proxies(down_weights: list[torch.Tensor], embed: torch.Tensor) -> Pr
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DART_CACHE_DIR", Path.home() / ".cache" / "dart-pipeline")) / "proxies"
+    return cache_root() / "proxies"
 
 
 def load_or_compute(down_weights: list[torch.Tensor], embed: torch.Tensor, fingerprint: str | None,

@@ -1,26 +1,23 @@
 """Typed job configuration: YAML plus `key=value` overrides, validated before anything runs."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from string import Formatter
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dart.config import DartConfig, GenerationConfig
-from dart.loading import ModelConfig
+from dart.config import DartConfig, FrozenModel, GenerationConfig
+from dart.model_config import ModelConfig
+
+from .identity import dart_settings, digest
 
 TaskName = Literal["summarize", "qa", "label"]
 
 # Bump when the output rows of an unchanged config would change (schema, prompts, seeds).
 PIPELINE_VERSION = 1
-
-
-class FrozenModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def check_template(template: str, allowed: set[str], required: set[str]) -> str:
@@ -208,13 +205,12 @@ class JobConfig(FrozenModel):
         """Hash of everything that decides the output rows, plus the planned work items."""
         semantic = {
             "version": PIPELINE_VERSION, "task": self.task, "plan": plan_digest,
-            "model": self.model.model_dump(mode="json", exclude={"cache_dir"}), "dart": self.dart.output_settings(),
+            "model": self.model.model_dump(mode="json", exclude={"cache_dir"}), "dart": dart_settings(self.dart),
             "generation": self.generation.model_dump(mode="json"),
             "input": self.input.model_dump(mode="json"), "batch_size": self.pool.batch_size,
             "task_settings": self.task_settings.model_dump(mode="json"),
         }
-        blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest(semantic)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

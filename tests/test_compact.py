@@ -5,7 +5,8 @@ import torch
 from dart.compact import choose_path, compact_ffn, gather_layer, union_kept
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import ModelConfig, load_model
+from dart.loading import load_model
+from dart.model_config import ModelConfig
 from dart.state import ForwardPhase, ModelShape, overhead_flops
 
 GREEDY = GenerationConfig(max_new_tokens=12, stop_on_eos=False)

@@ -5,7 +5,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import ModelConfig, load_model
+from dart.loading import load_model
+from dart.model_config import ModelConfig
 
 GREEDY = GenerationConfig(max_new_tokens=24, stop_on_eos=False)
 METHODS = {

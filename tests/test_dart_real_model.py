@@ -5,7 +5,8 @@ import pytest
 from conftest import requires_shared, shared_dir
 from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import ModelConfig, load_model, model_fingerprint
+from dart.loading import load_model, model_fingerprint
+from dart.model_config import ModelConfig
 
 pytestmark = [pytest.mark.real_model, requires_shared]
 

@@ -4,7 +4,8 @@ import torch
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import ModelConfig, load_model
+from dart.loading import load_model
+from dart.model_config import ModelConfig
 from dart.patch import DartMLP
 from dart.state import DENSE, SequenceState, overhead_flops
 

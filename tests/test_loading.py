@@ -12,9 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from dart import loading
+from dart.model_config import EMBEDDED_MODEL, ModelConfig
 from dart.loading import (
-    EMBEDDED_MODEL,
-    ModelConfig,
     embedded_model_dir,
     load_model,
     model_fingerprint,

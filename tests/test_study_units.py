@@ -199,7 +199,8 @@ def test_reference_nll_dense_equals_a_plain_forward(tiny_model_dir):
 
     from dart.config import DartConfig
     from dart.engine import DartEngine
-    from dart.loading import ModelConfig, load_model
+    from dart.loading import load_model
+    from dart.model_config import ModelConfig
     from pipeline.config import load_config
     from pipeline.tasks import SummarizeTask
 

