@@ -235,16 +235,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def validation_message(what: str, err: ValidationError) -> str:
+    """One line per invalid field, each naming its dotted key."""
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()]
+    return f"invalid {what}:\n  " + "\n  ".join(lines)
+
+
 def parse_config(data: dict[str, Any]) -> JobConfig:
     """Validate plain data; errors name the dotted key."""
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "<config>"
-            lines.append(f"{key}: {e['msg']}")
-        raise ValueError("invalid job config:\n  " + "\n  ".join(lines)) from None
+        raise ValueError(validation_message("job config", err)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None) -> JobConfig:

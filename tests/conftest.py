@@ -49,3 +49,16 @@ def smollm2_dir() -> Path:
     from dart.loading import embedded_model_dir
 
     return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session, listening on loopback only, without the dashboard."""
+    import ray
+
+    from pipeline.pool import start_local_ray
+
+    if not ray.is_initialized():
+        start_local_ray(2)
+    yield ray
+    ray.shutdown()

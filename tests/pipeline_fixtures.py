@@ -1,4 +1,4 @@
-"""Fixtures of the pipeline and job tests (imported by them; conftest.py belongs to the engine tests)."""
+"""Fixtures of the pipeline and job tests (imported by them; shared ones live in conftest.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.config import JobConfig, parse_config
 
@@ -57,16 +56,3 @@ def job_config(task: str, model_dir: Path, paths: list[Path | str], out: Path, *
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(data)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray for the whole session, listening on loopback only, without the dashboard."""
-    import ray
-
-    from pipeline.pool import start_local_ray
-
-    if not ray.is_initialized():
-        start_local_ray(2)
-    yield ray
-    ray.shutdown()

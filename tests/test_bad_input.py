@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import job_config, ray_cluster, sentence, write_docs  # noqa: F401
+from pipeline_fixtures import job_config, sentence, write_docs
 from tinymodels import MAX_POSITIONS
 
 from jobs.cli import main

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import FILE_ROWS, job_config, ray_cluster, write_docs  # noqa: F401
+from pipeline_fixtures import FILE_ROWS, job_config, write_docs
 
 from pipeline.driver import run_job
 from pipeline.prepare import prepare

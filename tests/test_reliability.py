@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import FILE_ROWS, job_config, ray_cluster, write_docs  # noqa: F401
+from pipeline_fixtures import FILE_ROWS, job_config, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job

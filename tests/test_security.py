@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_fixtures import job_config, ray_cluster, write_docs  # noqa: F401
+from pipeline_fixtures import job_config, write_docs
 from safetensors.torch import load_file
 
 from dart import loading

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import ray_cluster, write_docs  # noqa: F401
+from pipeline_fixtures import write_docs
 
 from pipeline.study import StudyConfig, expand, run_study
 
