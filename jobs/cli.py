@@ -8,21 +8,20 @@ from typing import Any
 
 from pipeline.config import load_config
 from pipeline.driver import run_job
+from pipeline.tasks import TASKS
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-# (column title, summary key, format) of the closing table; quality columns depend on the task.
+# (column title, summary key, format) of the closing table; the task's quality columns go between.
 COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}")]
-QUALITY = {"summarize": [("ROUGE-L", "rouge_l", "{:.3f}")],
-           "qa": [("F1", "f1", "{:.3f}"), ("EM", "exact_match", "{:.3f}")],
-           "label": [("accuracy", "accuracy", "{:.3f}")]}
 TAIL = [("applied sparsity", "mean_applied_sparsity", "{:.3f}"), ("drift events", "drift_events", "{:d}"),
         ("tokens/s", "tokens_per_second", "{:.1f}")]
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """Two aligned lines: titles, then values ('-' where a value is missing)."""
-    columns = COMMON + QUALITY[summary["task"]] + TAIL
+    quality = [(title, key, "{:.3f}") for key, _, title in TASKS[summary["task"]].summary_metrics]
+    columns = COMMON + quality + TAIL
     titles = [title for title, _, _ in columns]
     values = ["-" if summary.get(key) is None else fmt.format(summary[key]) for _, key, fmt in columns]
     widths = [max(len(t), len(v)) for t, v in zip(titles, values)]
@@ -50,7 +49,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
     try:
         summary = run_job(config)
     except ValueError as err:   # bad input or config found before any work
-        logger.error("%s", err)
+        log.error("%s", err)
         return 2
     state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
     sys.stdout.write(f"run {state}: {summary['run_dir']}\n"

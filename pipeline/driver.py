@@ -1,4 +1,4 @@
-"""The driver: check inputs, plan, skip finished items, run the rest on Ray actors, summarize."""
+"""The driver: open the job (inputs checked, plan made), run its pending items on Ray, summarize."""
 from __future__ import annotations
 
 import logging
@@ -6,40 +6,27 @@ import time
 from typing import Any
 
 from .config import JobConfig
+from .job import Job
 from .pool import run_items
-from .prepare import prepare
-from .summary import summarize_table
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
     """Run (or resume) a job to completion, or up to control.max_items; returns the summary."""
     began = time.perf_counter()
-    prep = prepare(config)
-    prep.run.clean_temp()
-    todo = [it for it in prep.plan if not prep.run.is_done(it)]
-    skipped = len(prep.plan) - len(todo)
-    if skipped:
-        logger.info("%d of %d work items already done; skipping them", skipped, len(prep.plan))
+    job = Job.open(config)
+    todo = job.unfinished()
+    skipped = len(job.plan) - len(todo)
     if config.control.max_items is not None:
         todo = todo[:config.control.max_items]
-    if not prep.plan:
-        logger.warning("input %s has no rows: the run is complete with an empty output", config.input.paths)
-        prep.run.write_empty(prep.schema)
+    if not job.plan:
+        log.warning("input %s has no rows: the run is complete with an empty output", config.input.paths)
+        job.run.write_empty(job.schema)
     generated = 0
     if todo:
-        prep.run.unfinish()
-        generated = run_items(prep, todo)
-    done = sum(prep.run.is_done(it) for it in prep.plan)
+        job.run.unfinish()
+        generated = run_items(job, todo)
     wall = time.perf_counter() - began
-    summary = {"run_dir": str(prep.run.root), "config_fingerprint": prep.fingerprint, "task": config.task,
-               "planned_items": len(prep.plan), "done_items": done, "skipped_items": skipped,
-               "complete": done == len(prep.plan), "wall_seconds": wall,
-               "tokens_per_second": generated / wall if wall > 0 else None}
-    if done or not prep.plan:
-        summary.update(summarize_table(prep.run.read(), config.task))
-    if summary["complete"]:
-        prep.run.finish(summary)
-    logger.info("run %s: %d/%d items done", prep.run.root, done, len(prep.plan))
-    return summary
+    return job.close({"skipped_items": skipped, "wall_seconds": wall,
+                      "tokens_per_second": generated / wall if wall > 0 else None})

@@ -8,14 +8,12 @@ import time
 from collections import deque
 from typing import Iterator
 
-import pyarrow.compute as pc
-
 from .config import JobConfig
 from .plan import WorkItem
-from .prepare import Prepared, read_item_rows, write_failed_item
+from .job import Job
 from .worker import DartWorker
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def package_runtime_env() -> dict:
@@ -37,7 +35,7 @@ def connect_ray(config: JobConfig) -> None:
     address = config.pool.ray_address or os.environ.get("RAY_ADDRESS")
     if address == "auto":
         ray.init(address="auto", runtime_env=package_runtime_env())
-        logger.info("joined the running local Ray cluster")
+        log.info("joined the running local Ray cluster")
     elif address:  # e.g. under `ray job submit`, whose --working-dir ships the code
         ray.init(address=address)
     else:
@@ -77,33 +75,33 @@ def start_local_ray(num_cpus: int | None) -> None:
     if node_ip != "127.0.0.1":
         ray.shutdown()
         raise RuntimeError(f"the local Ray came up on {node_ip}, not 127.0.0.1; refusing to run on it")
-    logger.info("started a local Ray on 127.0.0.1")
+    log.info("started a local Ray on 127.0.0.1")
 
 
-def start_actors(prep: Prepared) -> list:
+def start_actors(job: Job) -> list:
     """num_actors DartWorkers; waits until each has loaded its model (a load error stops the job)."""
     import ray
 
-    pool = prep.config.pool
-    connect_ray(prep.config)
+    pool = job.config.pool
+    connect_ray(job.config)
     actor_cls = ray.remote(DartWorker).options(
         num_cpus=pool.cpus_per_actor, num_gpus=pool.num_gpus_per_actor,
         max_restarts=pool.max_restarts, max_task_retries=0, max_concurrency=1)
-    config_json = prep.config.model_dump_json()
-    actors = [actor_cls.remote(config_json, prep.schema, prep.fingerprint) for _ in range(pool.num_actors)]
+    args = job.worker_args()
+    actors = [actor_cls.remote(*args) for _ in range(pool.num_actors)]
     try:
         infos = ray.get([a.describe.remote() for a in actors])
     except ray.exceptions.RayActorError as err:
         raise RuntimeError(f"a worker failed to start (model load?): {err}") from None
     for info in infos:
-        logger.info("actor %s on node %s, device %s", info["actor_id"][:8], info["node_id"][:8], info["device"])
+        log.info("actor %s on node %s, device %s", info["actor_id"][:8], info["node_id"][:8], info["device"])
     return actors
 
 
-def _progress(prep: Prepared, total: int):
+def progress_bar(job: Job, total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="item", desc=f"{prep.config.task}", disable=not prep.config.control.progress,
+    return tqdm(total=total, unit="item", desc=job.config.task, disable=not job.config.control.progress,
                 dynamic_ncols=True)
 
 
@@ -131,35 +129,35 @@ class ActorPool:
         a = self.probes.pop(ref)
         try:
             info = ray.get(ref)
-            logger.warning("actor %d is back (pid %s); giving it items again", a, info["pid"])
+            log.warning("actor %d is back (pid %s); giving it items again", a, info["pid"])
         except ray.exceptions.ActorUnavailableError:   # restarting: ask again shortly
             time.sleep(0.5)
             self.probes[self.actors[a].describe.remote()] = a
         except ray.exceptions.RayActorError as err:
             self.alive.discard(a)
-            logger.error("actor %d is dead (%s); %d actor(s) left", a, type(err).__name__, len(self.alive))
+            log.error("actor %d is dead (%s); %d actor(s) left", a, type(err).__name__, len(self.alive))
 
 
-def run_items(prep: Prepared, todo: list[WorkItem]) -> int:
+def run_items(job: Job, todo: list[WorkItem]) -> int:
     """Run every item in todo to a written part; returns the generated tokens of this invocation."""
     import ray
 
-    pool = prep.config.pool
-    actors = start_actors(prep)
+    pool = job.config.pool
+    actors = start_actors(job)
     workers = ActorPool(actors, pool.in_flight_per_actor)
     queue = deque((item, 1) for item in todo)
     rows_of: dict[str, object] = {}
     in_flight: dict = {}          # ObjectRef -> (actor index, item, attempt)
     rows_done, generated, began = 0, 0, time.perf_counter()
-    bar = _progress(prep, len(todo))
+    bar = progress_bar(job, len(todo))
     try:
         while queue or in_flight:
             for a in workers.free():  # fill idle slots, keeping items in plan order
                 while queue and workers.load[a] < pool.in_flight_per_actor:
                     item, attempt = queue.popleft()
                     if item.item_id not in rows_of:
-                        rows_of[item.item_id] = read_item_rows(prep, item)
-                    ref = actors[a].run_item.remote(item, rows_of[item.item_id], attempt, prep.known_problems(item))
+                        rows_of[item.item_id] = job.rows(item)
+                    ref = actors[a].run_item.remote(item, rows_of[item.item_id], attempt, job.known_problems(item))
                     in_flight[ref] = (a, item, attempt)
                     workers.load[a] += 1
             if not in_flight and not workers.probes:
@@ -177,16 +175,14 @@ def run_items(prep: Prepared, todo: list[WorkItem]) -> int:
                     workers.lost_item(a)
                 message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:500]}"
                 if attempt < pool.max_attempts:
-                    logger.warning("item %s attempt %d failed (%s); retrying", item.item_id, attempt, message)
+                    log.warning("item %s attempt %d failed (%s); retrying", item.item_id, attempt, message)
                     queue.appendleft((item, attempt + 1))
                     continue
-                logger.error("item %s failed %d attempts; writing error rows: %s", item.item_id, attempt, message)
-                write_failed_item(prep, item, rows_of.pop(item.item_id), message, attempt)
+                log.error("item %s failed %d attempts; writing error rows: %s", item.item_id, attempt, message)
+                job.write_failure(item, rows_of.pop(item.item_id), message, attempt)
             else:
                 rows_of.pop(item.item_id, None)
-                errors = table.num_rows - pc.sum(pc.equal(table["status"], "ok")).as_py()
-                prep.run.write_part(item, table, {"status": "done", "attempts": attempt, "error_rows": errors})
-                generated += pc.sum(table["generated_tokens"]).as_py() or 0
+                generated += job.write_result(item, table, attempt)
             rows_done += item.num_rows
             bar.update(1)
             bar.set_postfix(rows_per_s=f"{rows_done / (time.perf_counter() - began):.2f}")

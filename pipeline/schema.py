@@ -9,34 +9,7 @@ import pyarrow as pa
 
 from dart.telemetry import SequenceTelemetry
 
-# Task outputs beside the shared `output` string column (the summary, the answer, the label).
-TASK_FIELDS: dict[str, list[pa.Field]] = {
-    "summarize": [
-        pa.field("document_tokens", pa.int64()),
-        pa.field("truncated", pa.bool_()),
-        pa.field("reference", pa.string()),
-        pa.field("rouge_l", pa.float64()),
-        pa.field("rouge_1", pa.float64()),
-        pa.field("rouge_2", pa.float64()),
-        pa.field("reference_nll", pa.float64()),     # null unless summarize.reference_nll
-    ],
-    "qa": [
-        pa.field("context_tokens", pa.int64()),
-        pa.field("truncated", pa.bool_()),
-        pa.field("references", pa.list_(pa.string())),
-        pa.field("f1", pa.float64()),
-        pa.field("exact_match", pa.float64()),
-        pa.field("reference_nll", pa.float64()),     # null unless qa.reference_nll
-    ],
-    "label": [
-        pa.field("label_index", pa.int64()),
-        pa.field("choices", pa.list_(pa.string())),
-        pa.field("choice_logprobs", pa.list_(pa.float64())),
-        pa.field("choice_token_counts", pa.list_(pa.int64())),
-        pa.field("gold_label", pa.string()),
-        pa.field("correct", pa.bool_()),
-    ],
-}
+from .tasks import TASKS
 
 HEAD_FIELDS = [
     pa.field("id", pa.string(), nullable=False),
@@ -85,18 +58,10 @@ def telemetry_fields() -> list[pa.Field]:
 
 def output_schema(task: str, passthrough: list[pa.Field]) -> pa.Schema:
     """Head, pass-through columns, task output, telemetry, status/provenance/timings."""
-    names = {f.name for f in HEAD_FIELDS + TAIL_FIELDS + TASK_FIELDS[task]} | {"output"}
+    names = {f.name for f in HEAD_FIELDS + TAIL_FIELDS + list(TASKS[task].output_fields)} | {"output"}
     clash = [f.name for f in passthrough if f.name in names]
     if clash:
         raise ValueError(f"pass-through column(s) {clash} clash with output columns; rename them")
-    fields = [*HEAD_FIELDS, *passthrough, pa.field("output", pa.string()), *TASK_FIELDS[task],
+    fields = [*HEAD_FIELDS, *passthrough, pa.field("output", pa.string()), *list(TASKS[task].output_fields),
               *telemetry_fields(), *TAIL_FIELDS]
     return pa.schema(fields, metadata={"dart_pipeline.task": task})
-
-
-def telemetry_values(telemetry: SequenceTelemetry | None) -> dict[str, Any]:
-    if telemetry is None:
-        return {}
-    values = telemetry.to_dict()
-    values.pop("method", None)
-    return values

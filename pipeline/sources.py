@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
@@ -94,6 +94,14 @@ def _read_ipc(f) -> pa.Table:
         return ipc.open_stream(f).read_all()
 
 
+def hf_fingerprint(ds) -> str:
+    """A loaded Hugging Face split's identity: its name, version, rows and the Arrow files behind it."""
+    info = ds.info
+    blob = json.dumps([info.dataset_name, info.config_name, str(info.version), str(ds.split), len(ds),
+                       [f.get("filename") for f in ds.cache_files]], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _hf_dataset(name: str, split: str):
     import datasets
 
@@ -114,7 +122,7 @@ def resolve_inputs(paths: list[str], hf_split: str = "train") -> list[SourceFile
             ds = _hf_dataset(path, hf_split)
         except Exception as err:
             raise ValueError(f"input {path!r} is neither a file nor a loadable dataset: {err}") from None
-        sources.append(SourceFile(f"hf://{path}@{hf_split}", "hf", len(ds), ds._fingerprint,
+        sources.append(SourceFile(f"hf://{path}@{hf_split}", "hf", len(ds), hf_fingerprint(ds),
                                   ds.data.table.schema))
     return sources
 

@@ -8,28 +8,39 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .plan import WorkItem
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A hidden temp name beside `path` to write to: renamed onto `path` when the block succeeds,
+    removed when it fails, so readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -54,7 +65,7 @@ class RunDir:
             old = json.loads((run.root / "plan.json").read_text())
             if old != plan_json:
                 raise ValueError(f"{run.root} holds a different plan; refusing to mix runs")
-            logger.info("resuming run %s", run.root)
+            log.info("resuming run %s", run.root)
         run.parts.mkdir(parents=True, exist_ok=True)
         run.markers.mkdir(exist_ok=True)
         write_atomic_bytes(run.root / "config.yaml", config_yaml.encode())
@@ -76,25 +87,21 @@ class RunDir:
         try:
             return part.exists() and pq.ParquetFile(part).metadata.num_rows == item.num_rows
         except Exception as err:
-            logger.warning("part %s unreadable (%s); redoing the item", part, err)
+            log.warning("part %s unreadable (%s); redoing the item", part, err)
             return False
 
     def write_part(self, item: WorkItem, table: pa.Table, info: dict[str, Any]) -> None:
         """Part first (temp then rename), then the marker: a crash between them only redoes the item."""
         if table.num_rows != item.num_rows:
             raise RuntimeError(f"item {item.item_id}: {table.num_rows} rows for {item.num_rows} planned")
-        path = self.part_path(item)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(self.part_path(item)) as tmp:
+            pq.write_table(table, tmp)
         write_json(self.marker_path(item), {"item": item.to_dict(), "rows": table.num_rows, **info})
 
     def write_empty(self, schema: pa.Schema) -> None:
         """A plan without rows: one part of no rows, so readers of parts/ get the declared schema."""
-        path = self.parts / "empty.parquet"
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        pq.write_table(schema.empty_table(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(self.parts / "empty.parquet") as tmp:
+            pq.write_table(schema.empty_table(), tmp)
 
     def clean_temp(self) -> None:
         """Half-written parts of an interrupted run."""

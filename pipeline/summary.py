@@ -6,8 +6,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-QUALITY = {"summarize": {"rouge_l": "rouge_l"}, "qa": {"f1": "f1", "exact_match": "exact_match"},
-           "label": {"accuracy": "correct"}}
+from .tasks import TASKS
+
 
 
 def _mean(column: pa.ChunkedArray) -> float | None:
@@ -37,6 +37,6 @@ def summarize_table(table: pa.Table, task: str) -> dict[str, Any]:
         "mean_applied_sparsity": sparsity,
         "drift_events": pc.sum(okt["drift_events"]).as_py() or 0,
     }
-    for name, column in QUALITY[task].items():
+    for name, column, _ in TASKS[task].summary_metrics:
         summary[name] = _mean(okt[column]) if okt.num_rows else None
     return summary

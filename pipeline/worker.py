@@ -14,10 +14,10 @@ from .plan import WorkItem
 from .records import build_part, python_rows, row_ids
 from .tasks import TASKS
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
-def _runtime_ids() -> tuple[str, str]:
+def runtime_ids() -> tuple[str, str]:
     import ray
 
     if not ray.is_initialized():  # in-process use (tests); get_runtime_context would start Ray
@@ -27,7 +27,7 @@ def _runtime_ids() -> tuple[str, str]:
 
 
 class DartWorker:
-    """Hosts one model and engine. Used as a Ray actor class (pipeline.driver wraps it)."""
+    """Hosts one model and engine. Used as a Ray actor class (pipeline.pool wraps it)."""
 
     def __init__(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> None:
         import torch
@@ -42,10 +42,10 @@ class DartWorker:
         model, tokenizer = load_model(self.config.model)
         self.model_fingerprint = model_fingerprint(model)
         self.engine = DartEngine(model, tokenizer, self.config.dart, fingerprint=self.model_fingerprint)
-        self.task = TASKS[self.config.task](self.config, tokenizer, self.engine)
-        self.actor_id, self.node_id = _runtime_ids()
+        self.task = TASKS[self.config.task].runner(self.config.task_context(), tokenizer, self.engine)
+        self.actor_id, self.node_id = runtime_ids()
         self.device = str(self.engine.device)
-        logger.info("worker %s ready on %s (%s)", self.actor_id, self.node_id, self.device)
+        log.info("worker %s ready on %s (%s)", self.actor_id, self.node_id, self.device)
 
     def describe(self) -> dict[str, Any]:
         return {"actor_id": self.actor_id, "node_id": self.node_id, "device": self.device,

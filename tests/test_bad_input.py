@@ -16,7 +16,7 @@ from tinymodels import MAX_POSITIONS
 from jobs.cli import main
 from pipeline.config import load_config
 from pipeline.driver import run_job
-from pipeline.prepare import prepare, read_item_rows
+from pipeline.job import Job
 from pipeline.records import derived_id
 
 LONG = MAX_POSITIONS * 100          # characters (= byte-level tokens): 100x the tiny model's context
@@ -89,20 +89,20 @@ def test_missing_id_column_is_a_clear_error_and_null_id_column_derives_ids(tmp_p
     pq.write_table(pa.table({"document": [sentence(1), sentence(2)]}), data)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"noid\.parquet lacks column\(s\) \['id'\]"):
-        prepare(job_config("summarize", tiny_model_dir, [data], out, input={"reference_column": None}))
+        Job.open(job_config("summarize", tiny_model_dir, [data], out, input={"reference_column": None}))
     assert not out.exists()
 
     cfg = job_config("summarize", tiny_model_dir, [data], out, input={"reference_column": None, "id_column": None})
-    with caplog.at_level(logging.WARNING, logger="pipeline.prepare"):
-        prep = prepare(cfg)
+    with caplog.at_level(logging.WARNING, logger="pipeline.preflight"):
+        job = Job.open(cfg)
     assert "row ids are derived" in caplog.text
     from pipeline.worker import DartWorker
 
-    rows = DartWorker(cfg.model_dump_json(), prep.schema, prep.fingerprint).run_item(
-        prep.plan[0], read_item_rows(prep, prep.plan[0]), 1).to_pylist()
-    assert [r["id"] for r in rows] == [f"{data}#0", f"{data}#1"] == [derived_id(prep.plan[0], r) for r in (0, 1)]
+    rows = DartWorker(cfg.model_dump_json(), job.schema, job.fingerprint).run_item(
+        job.plan[0], job.rows(job.plan[0]), 1).to_pylist()
+    assert [r["id"] for r in rows] == [f"{data}#0", f"{data}#1"] == [derived_id(job.plan[0], r) for r in (0, 1)]
     assert [r["status"] for r in rows] == ["ok", "ok"]
-    assert [it.item_id for it in prepare(cfg).plan] == [it.item_id for it in prep.plan]   # deterministic
+    assert [it.item_id for it in Job.open(cfg).plan] == [it.item_id for it in job.plan]   # deterministic
 
 
 def test_duplicate_ids_across_types_and_unusable_id_type(tmp_path, tiny_model_dir):
@@ -112,12 +112,12 @@ def test_duplicate_ids_across_types_and_unusable_id_type(tmp_path, tiny_model_di
     pq.write_table(pa.table({"id": [5, 6], "document": ["d.", "e."]}), first)
     pq.write_table(pa.table({"id": ["5", "7"], "document": ["f.", "g."]}), second)
     cfg = job_config("summarize", tiny_model_dir, [first, second], tmp_path / "out", input={"reference_column": None})
-    prep = prepare(cfg)
-    assert prep.duplicates == {(1, 0): f"ValueError: duplicate id '5' (id); first at {first}#0"}
-    assert prep.known_problems(prep.plan[1]) == {0: prep.duplicates[(1, 0)]} and not prep.known_problems(prep.plan[0])
+    job = Job.open(cfg)
+    assert job.duplicates == {(1, 0): f"ValueError: duplicate id '5' (id); first at {first}#0"}
+    assert job.known_problems(job.plan[1]) == {0: job.duplicates[(1, 0)]} and not job.known_problems(job.plan[0])
     pq.write_table(pa.table({"id": [[1], [2]], "document": ["d.", "e."]}), first)
     with pytest.raises(ValueError, match=r"id column 'id' of .*a\.parquet has type list<.*int64>"):
-        prepare(job_config("summarize", tiny_model_dir, [first], tmp_path / "out2", input={"reference_column": None}))
+        Job.open(job_config("summarize", tiny_model_dir, [first], tmp_path / "out2", input={"reference_column": None}))
     assert not (tmp_path / "out2").exists()
 
 
@@ -153,11 +153,11 @@ def test_empty_dataset_gives_a_valid_empty_output(tmp_path, tiny_model_dir, capl
     assert "has no rows" in caplog.text
     assert summary["complete"] and summary["planned_items"] == 0 and summary["rows"] == summary["error_rows"] == 0
     table = pq.read_table(f"{summary['run_dir']}/parts")
-    assert table.num_rows == 0 and table.schema.remove_metadata().equals(prepare(cfg).schema.remove_metadata())
+    assert table.num_rows == 0 and table.schema.remove_metadata().equals(Job.open(cfg).schema.remove_metadata())
     assert len(pd.read_parquet(f"{summary['run_dir']}/parts")) == 0
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ValueError, match="matches no file"):
-        prepare(job_config("summarize", tiny_model_dir, [tmp_path / "nothing"], tmp_path / "out2"))
+        Job.open(job_config("summarize", tiny_model_dir, [tmp_path / "nothing"], tmp_path / "out2"))
 
 
 def test_schema_differences_between_files(tmp_path, tiny_model_dir):
@@ -168,10 +168,10 @@ def test_schema_differences_between_files(tmp_path, tiny_model_dir):
     odd = tmp_path / "odd.parquet"
     pq.write_table(pa.table({"id": ["z"], "document": ["d."], "summary": ["s."], "topic": [3]}), odd)
     with pytest.raises(ValueError, match=r"pass-through column 'topic' has different types.*int64.*string"):
-        prepare(job_config("summarize", tiny_model_dir, [*paths, odd], out, input={"passthrough_columns": ["topic"]}))
+        Job.open(job_config("summarize", tiny_model_dir, [*paths, odd], out, input={"passthrough_columns": ["topic"]}))
     pq.write_table(pa.table({"id": ["z"], "document": ["d."]}), odd)
     with pytest.raises(ValueError, match=r"odd\.parquet lacks column\(s\) \['summary'\]"):
-        prepare(job_config("summarize", tiny_model_dir, [*paths, odd], out))
+        Job.open(job_config("summarize", tiny_model_dir, [*paths, odd], out))
     assert not out.exists()
 
 

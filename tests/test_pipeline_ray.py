@@ -10,7 +10,7 @@ import pytest
 from pipeline_fixtures import FILE_ROWS, job_config, write_docs
 
 from pipeline.driver import run_job
-from pipeline.prepare import prepare
+from pipeline.job import Job
 from pipeline.schema import RUN_DEPENDENT
 
 
@@ -40,16 +40,16 @@ def test_every_row_once_with_declared_schema(full_run, inputs):
     table = pq.read_table(f"{run_dir}/parts")
     expected = [i for p in inputs for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
     assert sorted(table.column("id").to_pylist()) == sorted(expected)          # each exactly once
-    declared = prepare(cfg).schema
-    for part in sorted((prepare(cfg).run.parts).glob("*.parquet")):
+    declared = Job.open(cfg).schema
+    for part in sorted((Job.open(cfg).run.parts).glob("*.parquet")):
         assert pq.read_schema(part).remove_metadata().equals(declared.remove_metadata())
-    assert len(list(prepare(cfg).run.markers.glob("*.json"))) == 10
+    assert len(list(Job.open(cfg).run.markers.glob("*.json"))) == 10
     assert set(pc.unique(table["actor_id"]).to_pylist()).__len__() == 2       # both actors worked
     errors = table.filter(pc.equal(table["status"], "error"))
     assert sorted(errors.column("id").to_pylist()) == ["doc-008", "doc-011", "doc-014"]
-    files = {p.name for p in prepare(cfg).run.root.iterdir()}
+    files = {p.name for p in Job.open(cfg).run.root.iterdir()}
     assert {"config.yaml", "plan.json", "summary.json", "_SUCCESS", "parts", "markers"} <= files
-    saved = json.loads((prepare(cfg).run.root / "summary.json").read_text())
+    saved = json.loads((Job.open(cfg).run.root / "summary.json").read_text())
     assert saved["rows"] == sum(FILE_ROWS) and saved["mean_applied_sparsity"] > 0
 
 

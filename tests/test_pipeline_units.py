@@ -9,7 +9,7 @@ from pipeline_fixtures import FILE_ROWS, job_config, write_docs
 from pipeline.config import apply_overrides, load_config
 from pipeline.metrics import exact_match, normalize_answer, rouge_l, token_f1
 from pipeline.plan import plan_items
-from pipeline.prepare import prepare, read_item_rows
+from pipeline.job import Job
 from pipeline.schema import output_schema, telemetry_fields
 from pipeline.sources import read_rows, resolve_inputs
 from pipeline.store import RunDir
@@ -110,23 +110,23 @@ def test_missing_column_or_unreadable_file_stops_before_any_work(tmp_path, tiny_
     paths = write_docs(tmp_path / "in")
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"part-0\.parquet lacks column\(s\) \['nope'\]"):
-        prepare(job_config("summarize", tiny_model_dir, paths, out, input={"text_column": "nope"}))
+        Job.open(job_config("summarize", tiny_model_dir, paths, out, input={"text_column": "nope"}))
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet at all")
     with pytest.raises(ValueError, match="cannot read input file .*broken.parquet"):
-        prepare(job_config("summarize", tiny_model_dir, [*paths, broken], out))
+        Job.open(job_config("summarize", tiny_model_dir, [*paths, broken], out))
     with pytest.raises(ValueError, match="matches no file"):
-        prepare(job_config("summarize", tiny_model_dir, [tmp_path / "none.parquet"], out))
+        Job.open(job_config("summarize", tiny_model_dir, [tmp_path / "none.parquet"], out))
     with pytest.raises(ValueError, match="inside input directory"):
-        prepare(job_config("summarize", tiny_model_dir, [tmp_path / "in"], tmp_path / "in" / "out"))
+        Job.open(job_config("summarize", tiny_model_dir, [tmp_path / "in"], tmp_path / "in" / "out"))
     assert not out.exists()
 
 
 def test_different_config_writes_a_different_run(tmp_path, tiny_model_dir):
     paths = write_docs(tmp_path / "in")
-    a = prepare(job_config("summarize", tiny_model_dir, paths, tmp_path / "out"))
-    b = prepare(job_config("summarize", tiny_model_dir, paths, tmp_path / "out", dart={"keep_ratio": 0.25}))
-    again = prepare(job_config("summarize", tiny_model_dir, paths, tmp_path / "out", pool={"num_actors": 1}))
+    a = Job.open(job_config("summarize", tiny_model_dir, paths, tmp_path / "out"))
+    b = Job.open(job_config("summarize", tiny_model_dir, paths, tmp_path / "out", dart={"keep_ratio": 0.25}))
+    again = Job.open(job_config("summarize", tiny_model_dir, paths, tmp_path / "out", pool={"num_actors": 1}))
     assert a.run.root != b.run.root and a.run.root == again.run.root
     assert (a.run.root / "config.yaml").read_text().startswith("task: summarize")
 
@@ -146,13 +146,11 @@ def test_schema_carries_every_telemetry_field():
 
 def test_item_is_done_only_with_marker_and_full_part(tmp_path, tiny_model_dir):
     paths = write_docs(tmp_path / "in")
-    prep = prepare(job_config("summarize", tiny_model_dir, paths, tmp_path / "out"))
-    item = prep.plan[0]
-    run: RunDir = prep.run
+    job = Job.open(job_config("summarize", tiny_model_dir, paths, tmp_path / "out"))
+    item = job.plan[0]
+    run: RunDir = job.run
     assert not run.is_done(item)
-    from pipeline.prepare import write_failed_item
-
-    write_failed_item(prep, item, read_item_rows(prep, item), "boom", 3)
+    job.write_failure(item, job.rows(item), "boom", 3)
     assert run.is_done(item)
     run.marker_path(item).unlink()              # part without marker: redone
     assert not run.is_done(item)
@@ -162,20 +160,20 @@ def test_item_is_done_only_with_marker_and_full_part(tmp_path, tiny_model_dir):
 
 
 # ---- tasks in-process on the tiny model -----------------------------------------------------------
-def _worker(config, prep):
+def _worker(config, job):
     from pipeline.worker import DartWorker
 
-    return DartWorker(config.model_dump_json(), prep.schema, prep.fingerprint)
+    return DartWorker(config.model_dump_json(), job.schema, job.fingerprint)
 
 
 def test_summarize_rows_and_bad_rows_in_process(tmp_path, tiny_model_dir):
     paths = write_docs(tmp_path / "in")
     cfg = job_config("summarize", tiny_model_dir, paths, tmp_path / "out", input={"passthrough_columns": ["topic"]})
-    prep = prepare(cfg)
-    worker = _worker(cfg, prep)
-    tables = [worker.run_item(it, read_item_rows(prep, it), 1) for it in prep.plan if it.source_index == 1]
+    job = Job.open(cfg)
+    worker = _worker(cfg, job)
+    tables = [worker.run_item(it, job.rows(it), 1) for it in job.plan if it.source_index == 1]
     table = pa.concat_tables(tables)
-    assert table.schema.equals(prep.schema)
+    assert table.schema.equals(job.schema)
     rows = {r["id"]: r for r in table.to_pylist()}
     assert "null" in rows["doc-008"]["error"] and "empty" in rows["doc-011"]["error"]
     assert "max_text_chars" in rows["doc-014"]["error"]
@@ -186,7 +184,7 @@ def test_summarize_rows_and_bad_rows_in_process(tmp_path, tiny_model_dir):
     # An item's rows do not depend on the batch they ran in (per-row seeds, per-row state).
     cfg1 = job_config("summarize", tiny_model_dir, paths, tmp_path / "out", pool={"batch_size": 1},
                       input={"passthrough_columns": ["topic"]})
-    alone = _worker(cfg1, prep).run_item(prep.plan[3], read_item_rows(prep, prep.plan[3]), 1)
+    alone = _worker(cfg1, job).run_item(job.plan[3], job.rows(job.plan[3]), 1)
     assert alone.column("output").to_pylist() == tables[0].column("output").to_pylist()
 
 
@@ -200,9 +198,9 @@ def test_label_and_qa_in_process(tmp_path, tiny_model_dir):
     }), data)
     cfg = job_config("label", tiny_model_dir, [data], tmp_path / "out",
                      input={"question_column": "question", "choices_column": "choices", "reference_column": "answer"})
-    prep = prepare(cfg)
-    rows = _worker(cfg, prep).run_item(prep.plan[0], read_item_rows(prep, prep.plan[0]), 1).to_pylist()
-    rows += _worker(cfg, prep).run_item(prep.plan[1], read_item_rows(prep, prep.plan[1]), 1).to_pylist()
+    job = Job.open(cfg)
+    rows = _worker(cfg, job).run_item(job.plan[0], job.rows(job.plan[0]), 1).to_pylist()
+    rows += _worker(cfg, job).run_item(job.plan[1], job.rows(job.plan[1]), 1).to_pylist()
     by = {r["id"]: r for r in rows}
     assert by["q1"]["status"] == "ok" and len(by["q1"]["choice_logprobs"]) == 2
     assert by["q1"]["output"] in ("A", "B") and by["q1"]["correct"] == (by["q1"]["output"] == "A")
@@ -214,7 +212,7 @@ def test_label_and_qa_in_process(tmp_path, tiny_model_dir):
                              "question": ["Where?", None], "answers": [["the mat", "mat"], ["y"]]}), qa)
     cfg = job_config("qa", tiny_model_dir, [qa], tmp_path / "out2", input={
         "question_column": "question", "text_column": "context", "reference_column": "answers"})
-    prep = prepare(cfg)
-    rows = _worker(cfg, prep).run_item(prep.plan[0], read_item_rows(prep, prep.plan[0]), 1).to_pylist()
+    job = Job.open(cfg)
+    rows = _worker(cfg, job).run_item(job.plan[0], job.rows(job.plan[0]), 1).to_pylist()
     assert rows[0]["status"] == "ok" and rows[0]["references"] == ["the mat", "mat"]
     assert 0.0 <= rows[0]["f1"] <= 1.0 and rows[1]["status"] == "error"

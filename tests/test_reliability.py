@@ -22,7 +22,7 @@ from pipeline_fixtures import FILE_ROWS, job_config, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
-from pipeline.prepare import prepare
+from pipeline.job import Job
 from pipeline.schema import RUN_DEPENDENT
 
 ROOT = Path(__file__).parents[1]
@@ -131,7 +131,7 @@ def test_driver_killed_then_rerun_resumes(ray_cluster, reference, inputs, tiny_m
                      pool={"num_actors": 1, "cpus_per_actor": 1, "batch_size": 2})
     config_file = tmp_path / "job.yaml"
     config_file.write_text(dump_config(cfg))
-    markers = prepare(cfg).run.markers
+    markers = Job.open(cfg).run.markers
     log = open(tmp_path / "driver.log", "wb")
     driver = subprocess.Popen([sys.executable, "-m", "jobs.summarize", "--config", str(config_file)],
                               cwd=ROOT, env=_job_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT)
@@ -187,17 +187,17 @@ def test_half_written_parts_are_redone(reference, inputs, tiny_model_dir, tmp_pa
     run_dir = out / Path(reference["run_dir"]).name
     shutil.copytree(reference["run_dir"], run_dir)
     cfg = job_config("summarize", tiny_model_dir, inputs, out, pool={"num_actors": 1})
-    prep = prepare(cfg)
-    truncated, unmarked, missing = prep.plan[0], prep.plan[4], prep.plan[9]
-    part = prep.run.part_path(truncated)
+    job = Job.open(cfg)
+    truncated, unmarked, missing = job.plan[0], job.plan[4], job.plan[9]
+    part = job.run.part_path(truncated)
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
-    prep.run.marker_path(unmarked).unlink()
-    prep.run.part_path(missing).unlink()
-    (prep.run.parts / f".{prep.run.part_path(unmarked).name}.tmp-deadbeef").write_bytes(b"PAR1 half")
-    assert [it for it in prep.plan if not prep.run.is_done(it)] == [truncated, unmarked, missing]
+    job.run.marker_path(unmarked).unlink()
+    job.run.part_path(missing).unlink()
+    (job.run.parts / f".{job.run.part_path(unmarked).name}.tmp-deadbeef").write_bytes(b"PAR1 half")
+    assert [it for it in job.plan if not job.run.is_done(it)] == [truncated, unmarked, missing]
 
     summary = run_job(cfg)
-    assert summary["skipped_items"] == 7 and not list(prep.run.parts.glob(".*"))
+    assert summary["skipped_items"] == 7 and not list(job.run.parts.glob(".*"))
     _assert_equals_reference(summary, reference, inputs)
 
 

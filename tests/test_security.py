@@ -21,7 +21,7 @@ from dart import loading
 from jobs.cli import main
 from pipeline.config import load_config
 from pipeline.driver import run_job
-from pipeline.prepare import prepare
+from pipeline.job import Job
 from pipeline.prompts import render
 
 ROOT = Path(__file__).parents[1]
@@ -41,7 +41,7 @@ def test_job_refuses_pickle_weights_unless_allowed(ray_cluster, tiny_model_dir, 
     assert cfg.model.allow_pickle is False and cfg.model.trust_remote_code is False     # the defaults
     with pytest.raises(RuntimeError, match=r"failed to start(.|\n)*refusing to load pickle weights"):
         run_job(cfg)
-    assert not list(prepare(cfg).run.parts.glob("*.parquet"))
+    assert not list(Job.open(cfg).run.parts.glob("*.parquet"))
     allowed = job_config("summarize", pickled, paths, tmp_path / "out", model={"allow_pickle": True})
     model, _ = loading.load_model(allowed.model)                    # explicitly allowed: it loads
     assert model.config.num_hidden_layers == 3

@@ -1,48 +1,39 @@
-"""Everything decided before any work runs: inputs checked, plan made, run directory opened."""
+"""Checks that run before any work: inputs resolved and readable with the columns the task reads,
+the output not tangled with the inputs, and rows whose id an earlier row already has."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import JobConfig, dump_config
-from .plan import WorkItem, plan_digest, plan_items
-from .records import error_part
-from .schema import output_schema
+from .plan import WorkItem
+from .settings import InputConfig
 from .sources import GLOB_CHARS, SourceFile, check_columns, read_rows, resolve_inputs
-from .store import RunDir
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Prepared:
-    """Everything decided before any work runs."""
-
-    config: JobConfig
-    sources: list[SourceFile]
-    plan: list[WorkItem]
-    schema: pa.Schema
-    fingerprint: str
-    run: RunDir
-    duplicates: dict[tuple[int, int], str] = field(default_factory=dict)  # (source, row) -> error
-
-    def known_problems(self, item: WorkItem) -> dict[int, str]:
-        """Problems found before work in this item's rows, by row offset within the item."""
-        found = ((row, self.duplicates.get((item.source_index, row))) for row in range(item.start, item.stop))
-        return {row - item.start: error for row, error in found if error is not None}
+log = logging.getLogger(__name__)
 
 
-def _local_dir(uri: str) -> Path | None:
+def check_inputs(inp: InputConfig, output_dir: str) -> list[SourceFile]:
+    """Every input file, each checked for the columns the job reads; the output must not overlap them."""
+    sources = resolve_inputs(inp.paths, inp.hf_split)
+    if not sources:
+        raise ValueError(f"input.paths {inp.paths} match no file")
+    check_columns(sources, inp.columns, inp.passthrough_columns)
+    if inp.id_column is None:
+        log.warning("input.id_column is null: row ids are derived as '<file>#<row>'")
+    check_output_location(output_dir, inp.paths, sources)
+    return sources
+
+
+def local_path(uri: str) -> Path | None:
     return None if "://" in uri and not uri.startswith("file://") else Path(uri.removeprefix("file://")).resolve()
 
 
-def _input_root(path: str) -> Path | None:
+def input_root(path: str) -> Path | None:
     """The local file or directory an input path reads: a glob's fixed leading directory."""
-    local = _local_dir(path)
+    local = local_path(path)
     if local is None:
         return None
     text = str(local)
@@ -52,16 +43,16 @@ def _input_root(path: str) -> Path | None:
     return local if local.exists() else None
 
 
-def check_output_location(config: JobConfig, sources: list[SourceFile]) -> None:
+def check_output_location(output_dir: str, input_paths: list[str], sources: list[SourceFile]) -> None:
     """The output must never be inside an input path (a glob's directory included), nor hold an input file."""
-    out = Path(config.output.dir).expanduser().resolve()
-    for path in config.input.paths:
-        root = _input_root(path)
+    out = Path(output_dir).expanduser().resolve()
+    for path in input_paths:
+        root = input_root(path)
         if root is not None and out.is_relative_to(root):
             raise ValueError(f"output.dir {out} is inside input directory {root} (input path {path!r}); "
                              "choose another output.dir")
     for src in sources:
-        local = _local_dir(src.uri)
+        local = local_path(src.uri)
         if local is not None and local.is_relative_to(out):
             raise ValueError(f"input file {src.uri} is inside output.dir {out}; choose another output.dir")
 
@@ -105,40 +96,5 @@ def find_duplicate_ids(sources: list[SourceFile], plan: list[WorkItem],
                                     f"({id_column}); first at {sources[where[0]].uri}#{where[1]}")
         else:
             first[value] = (source, row)
-    logger.warning("%d row(s) repeat an earlier row's id (%s); they become error rows", len(found), id_column)
+    log.warning("%d row(s) repeat an earlier row's id (%s); they become error rows", len(found), id_column)
     return found
-
-
-def prepare(config: JobConfig) -> Prepared:
-    """Resolve and check every input, plan the items, open (or resume) the run directory."""
-    inp = config.input
-    sources = resolve_inputs(inp.paths, inp.hf_split)
-    if not sources:
-        raise ValueError(f"input.paths {inp.paths} match no file")
-    check_columns(sources, inp.columns, inp.passthrough_columns)
-    if inp.id_column is None:
-        logger.warning("input.id_column is null: row ids are derived as '<file>#<row>'")
-    check_output_location(config, sources)
-    first = sources[0].schema
-    schema = output_schema(config.task, [first.field(c) for c in inp.passthrough_columns])
-    plan = plan_items(sources, inp.rows_per_item, inp.limit)
-    duplicates = find_duplicate_ids(sources, plan, inp.id_column)
-    fingerprint = config.fingerprint(plan_digest(plan))
-    run = RunDir.open(config.output.dir, config.task, fingerprint, dump_config(config), plan)
-    logger.info("%d input file(s), %d rows, %d work items; run %s", len(sources),
-                sum(s.num_rows for s in sources), len(plan), run.root)
-    return Prepared(config, sources, plan, schema, fingerprint, run, duplicates)
-
-
-def read_item_rows(prep: Prepared, item: WorkItem) -> pa.Table:
-    return read_rows(prep.sources[item.source_index], item.start, item.stop, prep.config.input.columns)
-
-
-def write_failed_item(prep: Prepared, item: WorkItem, rows: pa.Table, error: str, attempts: int) -> None:
-    """An item that failed every attempt: its rows become error rows and the job goes on."""
-    cfg = prep.config
-    common = {"model": cfg.model.source, "dart_method": cfg.dart.method,
-              "config_fingerprint": prep.fingerprint, "attempt": attempts}
-    table = error_part(item, rows, cfg.input.id_column, error, common, prep.schema,
-                       list(cfg.input.passthrough_columns))
-    prep.run.write_part(item, table, {"status": "failed", "attempts": attempts, "error": error})

@@ -1,0 +1,98 @@
+"""One run of one job config: its plan, its run directory, reading an item's rows, writing its result."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import JobConfig, dump_config
+from .plan import WorkItem, plan_digest, plan_items
+from .preflight import check_inputs, find_duplicate_ids
+from .records import error_part
+from .schema import output_schema
+from .sources import SourceFile, read_rows
+from .store import RunDir
+from .summary import summarize_table
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """What the pool works through. Everything here is decided before any work runs; the run
+    directory on disk is the only state that changes (one part and marker per finished item)."""
+
+    def __init__(self, config: JobConfig, sources: list[SourceFile], plan: list[WorkItem],
+                 duplicates: dict[tuple[int, int], str]) -> None:
+        self.config, self.sources, self.plan = config, sources, plan
+        self.duplicates = duplicates       # (source index, row) -> error, for rows repeating an id
+        passthrough = [sources[0].schema.field(c) for c in config.input.passthrough_columns] if sources else []
+        self.schema: pa.Schema = output_schema(config.task, passthrough)
+        self.fingerprint = config.fingerprint(plan_digest(plan))
+        self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan)
+
+    @classmethod
+    def open(cls, config: JobConfig) -> "Job":
+        """Check every input, plan the items, open (or resume) the run directory."""
+        inp = config.input
+        sources = check_inputs(inp, config.output.dir)
+        plan = plan_items(sources, inp.rows_per_item, inp.limit)
+        job = cls(config, sources, plan, find_duplicate_ids(sources, plan, inp.id_column))
+        log.info("%d input file(s), %d rows, %d work items; run %s", len(sources),
+                 sum(s.num_rows for s in sources), len(plan), job.run.root)
+        return job
+
+    # ---- what to run ---------------------------------------------------------------------------
+    def unfinished(self) -> list[WorkItem]:
+        """Items without a finished part, in plan order (half-written parts are removed first)."""
+        self.run.clean_temp()
+        todo = [it for it in self.plan if not self.run.is_done(it)]
+        if len(todo) < len(self.plan):
+            log.info("%d of %d work items already done; skipping them", len(self.plan) - len(todo), len(self.plan))
+        return todo
+
+    def rows(self, item: WorkItem) -> pa.Table:
+        """The input columns the task reads, for the item's rows."""
+        return read_rows(self.sources[item.source_index], item.start, item.stop, self.config.input.columns)
+
+    def known_problems(self, item: WorkItem) -> dict[int, str]:
+        """Problems found before work in this item's rows, by row offset within the item."""
+        found = ((row, self.duplicates.get((item.source_index, row))) for row in range(item.start, item.stop))
+        return {row - item.start: error for row, error in found if error is not None}
+
+    def worker_args(self) -> tuple[str, pa.Schema, str]:
+        """What a worker needs to turn items into parts: (config JSON, output schema, fingerprint)."""
+        return self.config.model_dump_json(), self.schema, self.fingerprint
+
+    # ---- results -------------------------------------------------------------------------------
+    def write_result(self, item: WorkItem, table: pa.Table, attempts: int) -> int:
+        """A worker's part for the item; returns its generated tokens."""
+        errors = table.num_rows - pc.sum(pc.equal(table["status"], "ok")).as_py()
+        self.run.write_part(item, table, {"status": "done", "attempts": attempts, "error_rows": errors})
+        return pc.sum(table["generated_tokens"]).as_py() or 0
+
+    def write_failure(self, item: WorkItem, rows: pa.Table, error: str, attempts: int) -> None:
+        """An item that failed every attempt: its rows become error rows and the job goes on."""
+        cfg = self.config
+        common = {"model": cfg.model.source, "dart_method": cfg.dart.method,
+                  "config_fingerprint": self.fingerprint, "attempt": attempts}
+        table = error_part(item, rows, cfg.input.id_column, error, common, self.schema,
+                           list(cfg.input.passthrough_columns))
+        self.run.write_part(item, table, {"status": "failed", "attempts": attempts, "error": error})
+
+    def done_items(self) -> int:
+        return sum(self.run.is_done(it) for it in self.plan)
+
+    def close(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The run's summary from the parts on disk; a run with every item done is marked finished."""
+        done = self.done_items()
+        summary = {"run_dir": str(self.run.root), "config_fingerprint": self.fingerprint,
+                   "task": self.config.task, "planned_items": len(self.plan), "done_items": done,
+                   "complete": done == len(self.plan), **extra}
+        if done or not self.plan:
+            summary.update(summarize_table(self.run.read(), self.config.task))
+        if summary["complete"]:
+            self.run.finish(summary)
+        log.info("run %s: %d/%d items done", self.run.root, done, len(self.plan))
+        return summary

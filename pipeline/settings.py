@@ -1,0 +1,110 @@
+"""Sections of a job config that every task shares: input, output, pool, prompts, control, testing."""
+from __future__ import annotations
+
+from string import Formatter
+
+from pydantic import Field
+
+from dart.config import FrozenModel
+
+
+def check_template(template: str, allowed: set[str], required: set[str]) -> str:
+    """A prompt template may name only plain `{field}`s: no attributes, indexes or conversions."""
+    names = set()
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"bad prompt template ({err}); write literal braces as {{{{ }}}}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in allowed or spec or conversion:
+            raise ValueError(f"prompt template field {{{name}}} not allowed; use only "
+                             f"{sorted('{' + a + '}' for a in allowed)}")
+        names.add(name)
+    missing = required - names
+    if missing:
+        raise ValueError(f"prompt template must contain {sorted('{' + m + '}' for m in missing)}")
+    return template
+
+
+class InputConfig(FrozenModel):
+    """Where rows come from and which columns the task reads."""
+
+    paths: list[str] = Field(min_length=1, description="Parquet/Arrow files, directories, globs or "
+                             "fsspec/pyarrow URIs (s3://...), or Hugging Face dataset names.")
+    hf_split: str = Field("train", description="Split to load when a path is a Hugging Face dataset name.")
+    id_column: str | None = Field("id", description="Column with each row's id; null derives "
+                                  "'<file>#<row>' ids deterministically.")
+    text_column: str | None = Field(None, description="summarize: the document; qa: the context (optional).")
+    question_column: str | None = Field(None, description="qa and label: the question.")
+    choices_column: str | None = Field(None, description="label: list of answer choices per row "
+                                       "(or set label.choices for a fixed set).")
+    reference_column: str | None = Field(None, description="Reference summary, answer(s) or gold label; "
+                                         "enables ROUGE-L, F1/EM or accuracy.")
+    passthrough_columns: list[str] = Field(default_factory=list, description="Input columns copied to the output.")
+    rows_per_item: int = Field(64, ge=1, description="Rows per work item (one output part each).")
+    max_text_chars: int = Field(200_000, ge=1, description="Rows whose text fields are longer than "
+                                "this many characters become error rows (guards the tokenizer).")
+    limit: int | None = Field(None, ge=1, description="Plan only the first `limit` rows over the input "
+                              "files in order (null: all rows); e.g. a study on the first N documents.")
+
+    @property
+    def columns(self) -> list[str]:
+        """Every input column the job reads, in a fixed order, without repeats."""
+        names = [self.id_column, self.text_column, self.question_column, self.choices_column,
+                 self.reference_column, *self.passthrough_columns]
+        return list(dict.fromkeys(n for n in names if n))
+
+
+class OutputConfig(FrozenModel):
+    dir: str = Field("outputs", description="Output root; each config writes to <dir>/<task>-<fingerprint>.")
+
+
+class PoolConfig(FrozenModel):
+    """The Ray actor pool. Only batch_size changes outputs, so only it enters the fingerprint."""
+
+    num_actors: int = Field(2, ge=1, description="Ray actors, each hosting one model.")
+    num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (>1 spans a model over "
+                                      "several GPUs with accelerate's device map); 0 runs on CPU.")
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs reserved per actor; also its torch threads on CPU.")
+    batch_size: int = Field(8, ge=1, description="Rows per engine call inside an actor.")
+    max_attempts: int = Field(3, ge=1, description="Attempts of a work item before its rows become error rows.")
+    max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead actor.")
+    in_flight_per_actor: int = Field(2, ge=1, description="Work items queued on each actor at once.")
+    ray_address: str | None = Field(None, description="Ray cluster address ('auto': the running local "
+                                    "cluster); null uses RAY_ADDRESS, else starts a private Ray on 127.0.0.1.")
+    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray the job starts (null: all).")
+
+
+class ChatPromptConfig(FrozenModel):
+    """How a task's user message is wrapped for the model."""
+
+    system_prompt: str | None = Field(None, description="System message when the chat template is used.")
+    use_chat_template: bool = Field(True, description="Wrap the prompt in the tokenizer's chat template if it has one.")
+
+
+class GenerationTaskConfig(ChatPromptConfig):
+    """A task that generates text and has references to score it against."""
+
+    reference_nll: bool = Field(False, description="Also score the reference (QA: the first accepted answer) by "
+                                "teacher forcing: mean negative log-likelihood per reference token under the masks "
+                                "DART forms from the prompt (column reference_nll; one more forward per row).")
+
+
+class ControlConfig(FrozenModel):
+    """How this invocation runs; never changes output rows, so not in the fingerprint."""
+
+    progress: bool = Field(True, description="Show a progress bar (items, rows/s, time left).")
+    max_items: int | None = Field(None, ge=0, description="Run at most this many pending work items, "
+                                  "then stop (a later run resumes).")
+    log_level: str = Field("INFO", description="Logging level of the job.")
+
+
+class TestingConfig(FrozenModel):
+    """Fault injection for tests only; not in the fingerprint."""
+
+    fail_ids: list[str] = Field(default_factory=list, description="A work item containing one of these "
+                                "row ids raises on every attempt (tests the bounded retries).")
+    delay_seconds: float = Field(0, ge=0, le=60, description="Each work item sleeps this long before it "
+                                 "runs (tests stop a worker or the driver in the middle of an item).")

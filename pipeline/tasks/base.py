@@ -1,0 +1,150 @@
+"""What every task shares: its registry entry, the context it runs in, and the generation loop."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from dart.config import FrozenModel, GenerationConfig
+from dart.telemetry import SequenceTelemetry
+
+from ..prompts import Prompt, PromptBuilder, RowError
+from ..settings import InputConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """The parts of a job config a task reads."""
+
+    settings: Any                 # the task's own settings section
+    input: InputConfig
+    generation: GenerationConfig
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its settings section, its runner, what it writes and how its quality is read."""
+
+    name: str
+    description: str
+    settings: type[FrozenModel]                        # the job config section named after the task
+    runner: Callable[..., Any]                         # (TaskContext, tokenizer, engine) -> .run(rows)
+    output_fields: tuple[pa.Field, ...]                # beside the shared `output` column
+    required_inputs: tuple[str, ...]                   # input.* keys that must be set
+    quality_metrics: tuple[tuple[str, str], ...]       # (column, title), the primary metric first
+    summary_metrics: tuple[tuple[str, str, str], ...]  # (summary key, column, closing-table title)
+    check: Callable[[InputConfig, Any], None] | None = None   # further checks of the config
+
+
+def row_seed(base: int, row_id: str) -> int:
+    """Each row samples from its own seed, so outputs do not depend on batch composition."""
+    return (base * 1_000_003 + int(hashlib.sha256(row_id.encode()).hexdigest()[:12], 16)) % (2**63)
+
+
+def error_values(err: Exception) -> dict[str, Any]:
+    return {"status": "error", "error": f"{type(err).__name__}: {err}"}
+
+
+def references(row: dict, column: str | None) -> list[str] | None:
+    """The row's non-empty reference strings (one string or a list of them), or None."""
+    value = row.get(column) if column else None
+    if value is None:
+        return None
+    refs = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [str(value)]
+    refs = [r for r in refs if isinstance(r, str) and r.strip()]
+    return refs or None
+
+
+def telemetry_values(telemetry: SequenceTelemetry | None) -> dict[str, Any]:
+    if telemetry is None:
+        return {}
+    values = telemetry.to_dict()
+    values.pop("method", None)
+    return values
+
+
+class GenerationTask:
+    """Shared loop of the generating tasks: prepare rows, generate in batches, finish rows."""
+
+    def __init__(self, context: TaskContext, tokenizer, engine) -> None:
+        self.context, self.tokenizer, self.engine = context, tokenizer, engine
+        settings = context.settings
+        self.builder = PromptBuilder(tokenizer, settings.prompt_template, settings.use_chat_template,
+                                     settings.system_prompt)
+        self.prompt_token_limit = engine.max_context - context.generation.max_new_tokens
+
+    def prepare(self, row: dict) -> tuple[Prompt, dict[str, Any]]:
+        raise NotImplementedError
+
+    def finish(self, row: dict, text: str, extra: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def nll_reference(self, values: dict[str, Any]) -> str | None:
+        """The reference text whose teacher-forced NLL the row reports."""
+        raise NotImplementedError
+
+    def reference_nll(self, prompt_ids: list[int], reference: str | None) -> float | None:
+        """Mean NLL per reference token after the prompt, under the masks DART forms from the prompt
+        (no drift inside the reference); cut to fit the context; None without a reference."""
+        if not reference:
+            return None
+        ids = self.tokenizer(reference, add_special_tokens=False)["input_ids"]
+        ids = list(ids)[:self.engine.max_context - len(prompt_ids)]
+        if not ids:
+            return None
+        try:
+            scores = self.engine.score_continuations(prompt_ids, [ids])
+        except ValueError as err:   # the engine refusing it must not sink the generated row
+            log.warning("reference NLL not computed: %s", err)
+            return None
+        return -scores.logprobs[0] / scores.token_counts[0]
+
+    def run(self, rows: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+        """One output dict per (row id, row), in order."""
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        ready = []
+        for i, (_, row) in enumerate(rows):
+            try:
+                ready.append((i, *self.prepare(row)))
+            except RowError as err:
+                out[i] = error_values(err)
+        size = self.context.batch_size
+        for start in range(0, len(ready), size):
+            for i, values in self.generate_batch(rows, ready[start:start + size]):
+                out[i] = values
+        return out
+
+    def generate_batch(self, rows, batch):
+        """(row index, output values) for each prepared row of the batch."""
+        gen = self.context.generation
+        seeds = [row_seed(gen.seed, rows[i][0]) for i, _, _ in batch]
+        began = time.perf_counter()
+        try:
+            results = self.engine.generate([p.ids for _, p, _ in batch], gen, seeds=seeds)
+        except ValueError:
+            if len(batch) == 1:
+                raise
+            # One row the engine refuses must not sink the others: run each alone.
+            for one in batch:
+                try:
+                    yield from self.generate_batch(rows, [one])
+                except ValueError as err:
+                    yield one[0], error_values(err)
+            return
+        seconds = time.perf_counter() - began
+        for (i, prompt, extra), result in zip(batch, results):
+            text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+            values = self.finish(rows[i][1], text, extra)
+            if self.context.settings.reference_nll:
+                values["reference_nll"] = self.reference_nll(prompt.ids, self.nll_reference(values))
+            values.update(telemetry_values(result.telemetry), output=values.get("output", text),
+                          finish_reason=result.finish_reason, batch_seconds=seconds, status="ok")
+            yield i, values
