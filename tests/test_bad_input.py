@@ -56,7 +56,7 @@ def messy(tmp_path_factory):
     return root, expected
 
 
-def test_bad_rows_become_error_rows_and_nothing_is_lost(ray_cluster, messy, tiny_model_dir, tmp_path):  # noqa: F811
+def test_bad_rows_become_error_rows_and_nothing_is_lost(ray_cluster, messy, tiny_model_dir, tmp_path):
     """Null, empty, whitespace, non-UTF-8, 100x-context and over-long documents, numbers and bytes
     where text belongs, duplicate ids within and across files whose schemas differ: one run."""
     root, expected = messy

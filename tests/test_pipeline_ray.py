@@ -20,7 +20,7 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def full_run(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):  # noqa: F811
+def full_run(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):
     """3 files, 10 work items, 2 actors, run without interruption."""
     cfg = job_config("summarize", tiny_model_dir, inputs, tmp_path_factory.mktemp("out"),
                      input={"passthrough_columns": ["topic"]})
@@ -79,7 +79,7 @@ def test_stopped_run_resumed_equals_uninterrupted(full_run, inputs, tiny_model_d
     assert _comparable(resumed).equals(_comparable(full))
 
 
-def test_label_bad_rows_and_always_failing_item(ray_cluster, tiny_model_dir, tmp_path):  # noqa: F811
+def test_label_bad_rows_and_always_failing_item(ray_cluster, tiny_model_dir, tmp_path):
     data = tmp_path / "mc.parquet"
     pq.write_table(pa.table({
         "id": [f"q{i}" for i in range(6)],

@@ -35,7 +35,7 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):  # noqa: F811
+def reference(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):
     """The uninterrupted run every fault is compared with: 10 items, 2 actors."""
     summary = run_job(job_config("summarize", tiny_model_dir, inputs, tmp_path_factory.mktemp("reference")))
     assert summary["complete"] and summary["rows"] == sum(FILE_ROWS)
@@ -116,7 +116,7 @@ def test_actor_killed_mid_item(num_actors, max_restarts, says, reference, inputs
     assert says in caplog.text
 
 
-def _job_env(ray_cluster) -> dict:  # noqa: F811
+def _job_env(ray_cluster) -> dict:
     # The session cluster runs in Ray's single-machine mode (loopback only); its clients must too.
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -124,7 +124,7 @@ def _job_env(ray_cluster) -> dict:  # noqa: F811
     return env
 
 
-def test_driver_killed_then_rerun_resumes(ray_cluster, reference, inputs, tiny_model_dir, tmp_path):  # noqa: F811
+def test_driver_killed_then_rerun_resumes(ray_cluster, reference, inputs, tiny_model_dir, tmp_path):
     """`python -m jobs.summarize` SIGKILLed once some items are done; the rerun redoes only the rest."""
     out = tmp_path / "out"
     cfg = job_config("summarize", tiny_model_dir, inputs, out, testing={"delay_seconds": 0.5},
@@ -201,7 +201,7 @@ def test_half_written_parts_are_redone(reference, inputs, tiny_model_dir, tmp_pa
     _assert_equals_reference(summary, reference, inputs)
 
 
-def test_always_failing_item_becomes_error_rows(ray_cluster, inputs, tiny_model_dir, tmp_path):  # noqa: F811
+def test_always_failing_item_becomes_error_rows(ray_cluster, inputs, tiny_model_dir, tmp_path):
     cfg = job_config("summarize", tiny_model_dir, inputs[:1], tmp_path / "out", testing={"fail_ids": ["doc-001"]},
                      pool={"num_actors": 1, "cpus_per_actor": 1, "batch_size": 2, "max_attempts": 2})
     summary = run_job(cfg)

@@ -34,7 +34,7 @@ def _pickle_only(tiny_model_dir: Path, directory: Path) -> Path:
     return directory
 
 
-def test_job_refuses_pickle_weights_unless_allowed(ray_cluster, tiny_model_dir, tmp_path):  # noqa: F811
+def test_job_refuses_pickle_weights_unless_allowed(ray_cluster, tiny_model_dir, tmp_path):
     paths = write_docs(tmp_path / "in", bad_rows=False)[:1]
     pickled = _pickle_only(tiny_model_dir, tmp_path / "pickled")
     cfg = job_config("summarize", pickled, paths, tmp_path / "out", pool={"num_actors": 1, "max_restarts": 0})
