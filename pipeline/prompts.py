@@ -23,7 +23,7 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 class PromptBuilder:
-    """prefix + field tokens (cut to a budget) + suffix, so truncation is exact in tokens."""
+    """prefix + field tokens (cut to fit a token limit) + suffix, so truncation is exact in tokens."""
 
     def __init__(self, tokenizer, template: str, use_chat_template: bool, system_prompt: str | None) -> None:
         self.tokenizer = tokenizer
@@ -50,17 +50,17 @@ class PromptBuilder:
         bos = getattr(self.tokenizer, "bos_token_id", None)
         return [bos] if bos is not None and ids and ids[0] == bos else []
 
-    def build(self, values: dict[str, str], field: str, max_field_tokens: int, budget: int,
+    def build(self, values: dict[str, str], field: str, max_field_tokens: int, token_limit: int,
               side: str = "right") -> Prompt:
-        """Render with values[field] cut to min(max_field_tokens, what fits in budget) tokens."""
+        """Render with values[field] cut to min(max_field_tokens, what fits in token_limit) tokens."""
         text = self._wrap(render(self.template, {**values, field: _SLOT}))
         prefix, _, suffix = text.partition(_SLOT)
         head, tail = self._bos() + self._encode(prefix), self._encode(suffix)
         field_ids = self._encode(values[field])
-        room = min(max_field_tokens, budget - len(head) - len(tail))
+        room = min(max_field_tokens, token_limit - len(head) - len(tail))
         if room < 1:
             raise RowError(f"prompt template alone takes {len(head) + len(tail)} tokens; "
-                           f"the budget is {budget}")
+                           f"the prompt may have {token_limit} (the context less max_new_tokens)")
         kept = field_ids[:room] if side == "right" else field_ids[-room:]
         return Prompt(head + kept + tail, len(field_ids), len(kept) < len(field_ids))
 
