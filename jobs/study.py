@@ -11,8 +11,9 @@ import logging
 import sys
 
 from pipeline.study import load_study, run_study
+from pipeline.study.report import results_table
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,10 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run_study(study, report_only=args.report_only)
     except ValueError as err:
-        logger.error("%s", err)
+        log.error("%s", err)
         return 2
-    from pipeline.report import results_table
-
     state = "complete" if out["complete"] else "incomplete (rerun to resume)"
     sys.stdout.write(f"study {state}: {out['study_dir']} ({out['configs']} configs, {out['wall_seconds']:.0f} s)\n"
                      f"report: {out['report']}\nplots: {', '.join(out['plots'])}\n\n{results_table(out['summary'])}\n")

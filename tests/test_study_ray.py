@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_fixtures import write_docs
 
-from pipeline.study import StudyConfig, expand, run_study
+from pipeline.study.config import StudyConfig, expand
+from pipeline.study.sweep import run_study
 
 
 def tiny_study(model_dir, data_dir, out) -> StudyConfig:
@@ -28,7 +29,7 @@ def tiny_study(model_dir, data_dir, out) -> StudyConfig:
 
 
 @pytest.fixture(scope="module")
-def study_run(ray_cluster, tiny_model_dir, tmp_path_factory):  # noqa: F811
+def study_run(ray_cluster, tiny_model_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("docs")
     write_docs(data, bad_rows=False)
     study = tiny_study(tiny_model_dir, data, tmp_path_factory.mktemp("studies"))
@@ -75,8 +76,8 @@ def test_rerun_resumes_every_config_and_report_only_runs_nothing(study_run):
 def test_runs_share_items_and_keep_apart_by_fingerprint(study_run):
     study, _ = study_run
     runs = expand(study)
-    from pipeline.prepare import prepare
+    from pipeline.job import Job
 
-    preps = [prepare(r.config) for r in runs]
-    assert len({p.run.root for p in preps}) == 3
-    assert all([it.item_id for it in p.plan] == [it.item_id for it in preps[0].plan] for p in preps)
+    jobs = [Job.open(r.config) for r in runs]
+    assert len({j.run.root for j in jobs}) == 3
+    assert all([it.item_id for it in j.plan] == [it.item_id for it in jobs[0].plan] for j in jobs)

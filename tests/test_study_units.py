@@ -2,6 +2,8 @@
 configs, the report on hand-made result tables, and the reference NLL against a plain forward."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,10 @@ import pandas as pd
 import pytest
 
 from pipeline.metrics import rouge_scores, word_match
-from pipeline.report import comparisons_frame, summary_frame, verdict, write_report
-from pipeline.stats import Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
-from pipeline.study import StudyConfig, derive, expand, load_study
+from pipeline.study.config import StudyConfig, expand, load_study
+from pipeline.study.report import comparisons_frame, summary_frame, verdict, write_report
+from pipeline.study.results import derive, quality_metrics
+from pipeline.study.stats import Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
 
 CONF = Path(__file__).parents[1] / "conf"
 
@@ -71,6 +74,30 @@ def test_verdict_says_so_plainly():
     # Better quality bought with less sparsity is not a win at equal sparsity.
     unequal = verdict("dart", "static", "ROUGE-L", up, 0.40, 0.49, 0.02)
     assert "less sparsity" in unequal and "does not show that dart beats static" in unequal
+
+
+# ---- package boundaries -------------------------------------------------------------------------
+def test_quality_metrics_come_from_the_task_registry():
+    from pipeline.tasks import TASKS
+
+    for task, spec in TASKS.items():
+        assert quality_metrics(task) == list(spec.quality_metrics) and quality_metrics(task), task
+    assert quality_metrics("summarize")[0] == ("rouge_l", "ROUGE-L") and quality_metrics("qa")[0] == ("f1", "token F1")
+
+
+def test_run_path_imports_neither_the_study_nor_pandas_nor_matplotlib():
+    code = """
+import importlib, sys
+from pathlib import Path
+names = ['.'.join(p.with_suffix('').parts).removesuffix('.__init__') for p in sorted(Path('pipeline').rglob('*.py'))
+         if 'study' not in p.parts] + ['jobs.summarize', 'jobs.qa', 'jobs.label', 'jobs.cli']
+for name in names:
+    importlib.import_module(name)
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'matplotlib') or m.startswith('pipeline.study')))
+"""
+    root = Path(__file__).parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ---- study config and expansion -----------------------------------------------------------------
@@ -202,7 +229,7 @@ def test_reference_nll_dense_equals_a_plain_forward(tiny_model_dir):
     from dart.loading import load_model
     from dart.model_config import ModelConfig
     from pipeline.config import load_config
-    from pipeline.tasks import SummarizeTask
+    from pipeline.tasks.summarize import SummarizeTask
 
     model, tokenizer = load_model(ModelConfig(source=str(tiny_model_dir), device="cpu"))
     config = load_config(None, ["input.paths=[a]", "input.text_column=d", "summarize.reference_nll=true"],
@@ -210,18 +237,19 @@ def test_reference_nll_dense_equals_a_plain_forward(tiny_model_dir):
     engine = DartEngine(model, tokenizer, DartConfig(method="dense"))
     prompt = tokenizer("Summarize: the cat sat on the mat.", add_special_tokens=False)["input_ids"]
     reference = "a cat sat"
-    nll = SummarizeTask(config, tokenizer, engine).reference_nll(prompt, reference)
+    nll = SummarizeTask(config.task_context(), tokenizer, engine).reference_nll(prompt, reference)
     engine.close()
     ref_ids = tokenizer(reference, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([prompt + ref_ids])).logits[0, len(prompt) - 1:-1].float()
     expected = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ref_ids)[:, None]).mean()
     assert nll == pytest.approx(float(expected), rel=1e-4)
-    assert SummarizeTask(config, tokenizer, engine).reference_nll(prompt, None) is None
+    assert SummarizeTask(config.task_context(), tokenizer, engine).reference_nll(prompt, None) is None
 
 
 def test_qa_scores_the_first_accepted_answer():
-    from pipeline.tasks import QaTask, SummarizeTask
+    from pipeline.tasks.qa import QaTask
+    from pipeline.tasks.summarize import SummarizeTask
 
     assert QaTask.nll_reference(None, {"references": ["the mat", "mat"]}) == "the mat"
     assert QaTask.nll_reference(None, {"references": None}) is None

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .study import QUALITY_METRICS, StudyConfig
+from .config import StudyConfig
+from .results import quality_metrics
 
 METHOD_COLORS = {"dense": "black", "static": "tab:blue", "griffin": "tab:green", "dart": "tab:red"}
 SPARE_COLORS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
@@ -58,7 +59,7 @@ def pareto(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, b
     """Quality (and agreement, NLL) against applied sparsity, CI bars both ways; target sparsity hollow."""
     plt = _pyplot()
     data = summary[summary["dataset"] == dataset]
-    metric = QUALITY_METRICS[data["task"].iloc[0]][0][1]
+    metric = quality_metrics(data["task"].iloc[0])[0][1]
     panels = [("quality", f"{metric} vs reference (higher is better)"),
               ("dense_rouge_l", f"agreement with {baseline} output, ROUGE-L (higher is better)")]
     if data["reference_nll"].notna().any():

@@ -1,22 +1,22 @@
 """The study report: per-config table with bootstrap CIs, paired comparisons, written findings, plots.
 
-Every number is read from per-item results (pipeline.study.collect): quality from the task's
+Every number is read from per-item results (pipeline.study.results): quality from the task's
 metrics, sparsity from telemetry (token-weighted FFN sparsity applied per generated token), never
 from the configured budget.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..store import write_atomic_bytes
+from .config import StudyConfig
+from .plots import plot_all
+from .results import quality_metrics
 from .stats import EMPTY, Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
-from .study import QUALITY_METRICS, StudyConfig
-
-logger = logging.getLogger(__name__)
 
 # Columns every task has beside its quality metrics: (column, title, lower is better).
 AGREEMENT = [("dense_rouge_l", "agreement with dense (ROUGE-L)"), ("dense_word_match", "word match with dense"),
@@ -60,7 +60,7 @@ def summary_frame(results: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
         row.update(items=len(group), ok_items=len(ok), error_items=len(group) - len(ok))
         tokens = ok["generated_tokens"].astype(float)
         _put(row, "applied_sparsity", bootstrap_ratio(ok["applied_sparsity"] * tokens, tokens, **boot))
-        for column, _ in QUALITY_METRICS[first["task"]] + AGREEMENT:
+        for column, _ in quality_metrics(first["task"]) + AGREEMENT:
             values = ok[column] if column in ok else pd.Series(dtype=float)
             _put(row, column, bootstrap_mean(pd.to_numeric(values, errors="coerce"), **boot))
         _put(row, "quality", bootstrap_mean(ok["quality"], **boot))
@@ -108,7 +108,7 @@ def comparisons_frame(results: pd.DataFrame, summary: pd.DataFrame, study: Study
     for dataset in summary["dataset"].unique():
         in_ds = summary[summary["dataset"] == dataset]
         task = in_ds["task"].iloc[0]
-        metric = QUALITY_METRICS[task][0][1]
+        metric = quality_metrics(task)[0][1]
         for a, b in study.study.compare:
             for budget in in_ds.loc[in_ds["variant"] == a, "budget"]:
                 sa = in_ds[(in_ds["variant"] == a) & (in_ds["budget"] == budget)]
@@ -137,7 +137,7 @@ def findings(summary: pd.DataFrame, comparisons: pd.DataFrame, study: StudyConfi
     lines = []
     for dataset in summary["dataset"].unique():
         in_ds = summary[summary["dataset"] == dataset]
-        metric = QUALITY_METRICS[in_ds["task"].iloc[0]][0][1]
+        metric = quality_metrics(in_ds["task"].iloc[0])[0][1]
         lines.append(f"**{dataset}** ({int(in_ds['items'].max())} items, quality = {metric}):")
         for _, row in in_ds.iterrows():
             if row["variant"] == study.study.baseline:
@@ -184,7 +184,7 @@ def metrics_table(summary: pd.DataFrame) -> str:
     """Every quality metric of each config (means with CIs)."""
     rows = []
     for _, r in summary.iterrows():
-        cells = [f"{title} {_est(r, column).format()}" for column, title in QUALITY_METRICS[r["task"]] + AGREEMENT
+        cells = [f"{title} {_est(r, column).format()}" for column, title in quality_metrics(r["task"]) + AGREEMENT
                  if not pd.isna(r.get(column, np.nan))]
         rows.append([r["dataset"], r["config"], "; ".join(cells)])
     return markdown_table(["dataset", "config", "metrics (mean [CI])"], rows)
@@ -238,14 +238,11 @@ def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: p
 
 def write_report(results: pd.DataFrame, study: StudyConfig, root: Path) -> dict[str, Any]:
     """summary.csv, comparisons.csv, the PNG plots and report.md in root; returns their paths."""
-    from . import report_plots
-    from .store import write_atomic_bytes
-
     summary = summary_frame(results, study)
     comparisons = comparisons_frame(results, summary, study)
     summary.to_csv(root / "summary.csv", index=False)
     comparisons.to_csv(root / "comparisons.csv", index=False)
-    plots = report_plots.plot_all(results, summary, study, root)
+    plots = plot_all(results, summary, study, root)
     text = markdown_report(results, summary, comparisons, findings(summary, comparisons, study), plots, study)
     write_atomic_bytes(root / "report.md", text.encode())
     return {"report": str(root / "report.md"), "summary_csv": str(root / "summary.csv"),

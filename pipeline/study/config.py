@@ -1,44 +1,25 @@
-"""Efficiency studies: a sweep of DART variants x budgets x datasets, each cell one pipeline job.
+"""A study's configuration, and the sweep cells it expands to: one validated JobConfig per cell.
 
 A study YAML names a `base` job config (model, generation, pool, ...), `variants` (a name plus a
 partial `dart:` override), `budgets` (a name plus a partial `dart:` override) and `datasets` (a
 name plus the job sections that read it). Each (dataset x variant x budget) expands to one validated
-JobConfig run by `pipeline.driver.run_job`: the same plan gives every config the same items, the
-config fingerprint keeps runs apart, and a rerun resumes. A dense variant runs once per dataset.
-Runs live beside the studies, so studies under one output folder share identical configs' runs.
-
-    <study.output>/runs/<task>-<fp>/    one pipeline run per config (parts, markers, summary.json)
-    <study.output>/<study.name>/
-        study.yaml                the resolved study config
-        runs.json                 config label -> run directory and run summary
-        results.parquet           one row per item x config, with study labels and derived metrics
-        summary.csv  report.md  *.png    (pipeline.report)
+JobConfig: the same plan gives every config the same items, the config fingerprint keeps runs apart,
+and a rerun resumes. A dense variant runs once per dataset.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from .config import JobConfig, apply_overrides, parse_config
+from dart.config import FrozenModel
 
-logger = logging.getLogger(__name__)
+from ..config import JobConfig, apply_overrides, parse_config, validation_message
 
 NAME = r"^[A-Za-z0-9_.+-]+$"
-# Primary quality metric (first) and the others, per task: (column, title).
-QUALITY_METRICS: dict[str, list[tuple[str, str]]] = {
-    "summarize": [("rouge_l", "ROUGE-L"), ("rouge_1", "ROUGE-1"), ("rouge_2", "ROUGE-2")],
-    "qa": [("f1", "token F1"), ("exact_match", "EM")],
-    "label": [("correct", "accuracy")],
-}
-
-
-class FrozenModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class VariantConfig(FrozenModel):
@@ -161,114 +142,6 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<study>'}: {e['msg']}" for e in err.errors()]
-        raise ValueError("invalid study config:\n  " + "\n  ".join(lines)) from None
+        raise ValueError(validation_message("study config", err)) from None
     expand(study)   # every cell validates before anything runs
     return study
-
-
-def _run_table(run: StudyRun, summary: dict[str, Any]):
-    """The run's output rows (pandas) with the study's labels; None when it has no parts yet."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    parts = Path(summary["run_dir"]) / "parts"
-    if not parts.is_dir() or not any(parts.glob("*.parquet")):
-        return None
-    frame = pq.read_table(parts).to_pandas()
-    dart = run.config.dart
-    labels = {"dataset": run.dataset, "task": run.config.task, "variant": run.variant,
-              "budget": run.budget or "-", "config": run.label, "method": dart.method,
-              "budget_kind": dart.budget if dart.prunes else "-",
-              "target_sparsity": dart.target_sparsity if dart.prunes else 0.0, "run_dir": summary["run_dir"]}
-    return pd.concat([pd.DataFrame({k: [v] * len(frame) for k, v in labels.items()}, index=frame.index), frame],
-                     axis=1)
-
-
-def derive(frame, baseline: str):
-    """Per-item columns the report reads: primary quality, speed, FLOP ratios, agreement with baseline."""
-    import numpy as np
-
-    from .metrics import rouge_l, word_match
-
-    out = frame.copy()
-    ok = out["status"] == "ok"
-    out["quality"] = np.nan
-    for task, metrics in QUALITY_METRICS.items():
-        rows = ok & (out["task"] == task)
-        if rows.any() and metrics[0][0] in out:
-            out.loc[rows, "quality"] = out.loc[rows, metrics[0][0]].astype(float)
-    seconds = out["prefill_seconds"].astype(float) + out["decode_seconds"].astype(float)
-    out["tokens_per_second"] = np.where(ok & (seconds > 0), out["generated_tokens"] / seconds.where(seconds > 0), np.nan)
-    dense_flops = out["ffn_flops_dense"].astype(float).where(out["ffn_flops_dense"] > 0)
-    out["executed_flops_ratio"] = out["ffn_flops_executed"] / dense_flops
-    out["kept_flops_ratio"] = out["ffn_flops_kept"] / dense_flops
-    reference = out[ok & (out["variant"] == baseline)].set_index(["dataset", "id"])["output"]
-    lookup = reference.to_dict()
-    agree_rouge, agree_words, agree_exact = [], [], []
-    for dataset, row_id, output, good in zip(out["dataset"], out["id"], out["output"], ok):
-        base = lookup.get((dataset, row_id))
-        if not good or base is None or output is None:
-            agree_rouge.append(np.nan), agree_words.append(np.nan), agree_exact.append(np.nan)
-            continue
-        agree_rouge.append(1.0 if output == base else rouge_l(output, base))
-        agree_words.append(word_match(output, base))
-        agree_exact.append(float(output == base))
-    out["dense_rouge_l"], out["dense_word_match"], out["dense_exact"] = agree_rouge, agree_words, agree_exact
-    return out
-
-
-def collect(runs: list[StudyRun], summaries: list[dict[str, Any]], baseline: str):
-    """results: one row per item x config (pandas), with derived columns."""
-    import pandas as pd
-
-    tables = [t for t in (_run_table(r, s) for r, s in zip(runs, summaries)) if t is not None]
-    if not tables:
-        raise ValueError("no run of the study has any output rows yet; run it first")
-    return derive(pd.concat(tables, ignore_index=True), baseline)
-
-
-def write_results(frame, path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .store import write_atomic_bytes
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_atomic_bytes(path, sink.getvalue().to_pybytes())
-
-
-def run_study(study: StudyConfig, report_only: bool = False) -> dict[str, Any]:
-    """Run (or resume) every cell, collect the results, write the report. Returns what was written."""
-    import time
-
-    from .driver import run_job
-    from .prepare import prepare
-    from .report import write_report
-    from .store import write_atomic_bytes, write_json
-
-    began = time.perf_counter()
-    runs = expand(study)
-    root = study.directory
-    root.mkdir(parents=True, exist_ok=True)
-    write_atomic_bytes(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False).encode())
-    summaries = []
-    for k, run in enumerate(runs):
-        logger.info("study %s: config %d/%d %s on %s", study.study.name, k + 1, len(runs), run.label, run.dataset)
-        if report_only:
-            prep = prepare(run.config)
-            done = sum(prep.run.is_done(it) for it in prep.plan)
-            summaries.append({"run_dir": str(prep.run.root), "config_fingerprint": prep.fingerprint,
-                              "planned_items": len(prep.plan), "done_items": done, "complete": done == len(prep.plan)})
-        else:
-            summaries.append(run_job(run.config))
-    write_json(root / "runs.json", [{"dataset": r.dataset, "config": r.label, **s} for r, s in zip(runs, summaries)])
-    results = collect(runs, summaries, study.study.baseline)
-    write_results(results, root / "results.parquet")
-    written = write_report(results, study, root)
-    wall = time.perf_counter() - began
-    logger.info("study %s written to %s in %.0f s", study.study.name, root, wall)
-    return {"study_dir": str(root), "configs": len(runs), "complete": all(s.get("complete", False) for s in summaries),
-            "wall_seconds": wall, **written}

@@ -1,0 +1,16 @@
+"""Efficiency studies: a sweep of DART variants x budgets x datasets, each cell one pipeline job.
+
+    config.py    StudyConfig and its parts, load_study, expand (the sweep's cells as JobConfigs)
+    sweep.py     run_study: run or resume every cell, then results and report
+    results.py   results.parquet: every run's rows with study labels and derived per-item columns
+    stats.py     bootstrap intervals over items
+    report.py    summary.csv, comparisons.csv, report.md
+    plots.py     the PNG plots
+
+The study imports the run path (pipeline.config, pipeline.driver, ...); the run path never imports
+the study, pandas or matplotlib.
+"""
+from .config import StudyConfig, StudyRun, expand, load_study
+from .sweep import run_study
+
+__all__ = ["StudyConfig", "StudyRun", "expand", "load_study", "run_study"]
