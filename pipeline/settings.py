@@ -21,6 +21,8 @@ def check_template(template: str, allowed: set[str], required: set[str]) -> str:
         if name not in allowed or spec or conversion:
             raise ValueError(f"prompt template field {{{name}}} not allowed; use only "
                              f"{sorted('{' + a + '}' for a in allowed)}")
+        if name in names:   # a field is cut to fit once; a second copy would double its tokens unseen
+            raise ValueError(f"prompt template names {{{name}}} more than once; name each field once")
         names.add(name)
     missing = required - names
     if missing:
