@@ -25,6 +25,12 @@ def render(template: str, values: dict[str, str]) -> str:
     return template.format_map(values)
 
 
+def plain_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of data (a document, a question, a choice, a reference) as plain text: a
+    special-token string in it, such as '<|im_end|>', is characters, never the special token."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"])
+
+
 class PromptBuilder:
     """prefix + field tokens (cut to fit a token limit) + suffix, so truncation is exact in tokens."""
 
@@ -50,9 +56,7 @@ class PromptBuilder:
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _encode_value(self, text: str) -> list[int]:
-        """A row's value: always plain text, so '<|im_end|>' in a document is characters, never a token."""
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
-                                   verbose=False)["input_ids"])
+        return plain_ids(self.tokenizer, text)
 
     def _bos(self) -> list[int]:
         """Plain prompts start with BOS where the tokenizer adds one; chat templates write their own."""

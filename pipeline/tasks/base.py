@@ -13,7 +13,7 @@ import pyarrow as pa
 from dart.config import FrozenModel, GenerationConfig
 from dart.telemetry import SequenceTelemetry
 
-from ..prompts import Prompt, PromptBuilder, RowError
+from ..prompts import Prompt, PromptBuilder, RowError, plain_ids
 from ..settings import InputConfig
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ class GenerationTask:
         (no drift inside the reference); cut to fit the context; None without a reference."""
         if not reference:
             return None
-        ids = self.tokenizer(reference, add_special_tokens=False)["input_ids"]
-        ids = list(ids)[:self.engine.max_context - len(prompt_ids)]
+        ids = plain_ids(self.tokenizer, reference)[:self.engine.max_context - len(prompt_ids)]
         if not ids:
             return None
         try:

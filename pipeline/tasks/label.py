@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from dart.config import FrozenModel
 
-from ..prompts import PromptBuilder, RowError, text_field
+from ..prompts import PromptBuilder, RowError, plain_ids, text_field
 from ..settings import InputConfig, check_template
 from .base import TaskContext, TaskSpec, error_values, telemetry_values
 
@@ -85,7 +85,7 @@ class LabelTask:
         if len(ids) > cfg.max_question_tokens:
             raise RowError(f"prompt has {len(ids)} tokens, over label.max_question_tokens={cfg.max_question_tokens}")
         texts = labels if cfg.score == "label" else choices
-        continuations = [self.tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+        continuations = [plain_ids(self.tokenizer, " " + t) for t in texts]
         began = time.perf_counter()
         scores = self.engine.score_continuations(ids, continuations)
         best = max(range(len(choices)), key=lambda k: scores.logprobs[k])
