@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .plan import WorkItem
+from .records import id_strings
 from .settings import InputConfig
 from .sources import GLOB_CHARS, SourceFile, check_columns, read_rows, resolve_inputs
 
@@ -57,44 +60,94 @@ def check_output_location(output_dir: str, input_paths: list[str], sources: list
             raise ValueError(f"input file {src.uri} is inside output.dir {out}; choose another output.dir")
 
 
+BATCH_ROWS = 1 << 20      # ids hashed at a time: bounds the driver's memory on any input size
+
+
+def id_batches(src: SourceFile, stop: int, id_column: str) -> Iterator[tuple[int, pa.Array]]:
+    """(first row, ids) for rows [0, stop) of one source, at most BATCH_ROWS at a time; Parquet is
+    streamed by row group, so a file's id column is never read whole."""
+    if src.kind != "parquet":     # Arrow IPC and Hugging Face splits are read whole by read_rows anyway
+        ids = read_rows(src, 0, stop, [id_column]).column(id_column)
+        for first in range(0, stop, BATCH_ROWS):
+            yield first, ids.slice(first, BATCH_ROWS)
+        return
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(src.uri)
+    first = 0
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=[id_column]):
+            if first >= stop:
+                break
+            yield first, batch.column(0).slice(0, stop - first)
+            first += batch.num_rows
+
+
+def hash_strings(text: pa.Array) -> np.ndarray:
+    """uint64 per id (SipHash of its UTF-8, pandas' hash_array): equal ids hash equal."""
+    import pandas as pd
+
+    return pd.util.hash_array(text.to_numpy(zero_copy_only=False), categorize=False)
+
+
+def planned_stops(plan: list[WorkItem]) -> dict[int, int]:
+    """source index -> rows [0, stop) of it that the plan covers, in source order."""
+    stops: dict[int, int] = {}
+    for item in plan:
+        stops[item.source_index] = max(stops.get(item.source_index, 0), item.stop)
+    return dict(sorted(stops.items()))
+
+
 def find_duplicate_ids(sources: list[SourceFile], plan: list[WorkItem],
                        id_column: str | None) -> dict[tuple[int, int], str]:
     """(source, row) -> error for every planned row whose id an earlier row (in plan order) already has.
     The first keeps the id and runs; the later ones become error rows, so nothing is lost and
-    ids of ok rows stay unique. Reads only the id column."""
+    ids of ok rows stay unique. Ids follow records.id_strings' rule; null or undecodable ids are
+    error rows of their own and take no part.
+
+    Exact in bounded memory: pass 1 streams the id column and keeps one 64-bit hash per row
+    (8 bytes a row); sorting them gives the hashes seen twice; pass 2 re-reads only the batches
+    holding such a hash and compares those ids as text, so a hash collision is never a duplicate."""
     if id_column is None:
         return {}
-    stops: dict[int, int] = {}
-    for item in plan:
-        stops[item.source_index] = max(stops.get(item.source_index, 0), item.stop)
-    tables = []
+    stops = planned_stops(plan)
+    hashes = np.zeros(sum(stops.values()), np.uint64)
+    valid = np.zeros(len(hashes), bool)
+    batches = []                                  # (source index, first row, offset in hashes, rows)
     for index, stop in stops.items():
-        ids = read_rows(sources[index], 0, stop, [id_column]).column(id_column)
-        try:
-            ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise ValueError(f"id column {id_column!r} of {sources[index].uri} has type {ids.type}; "
-                             "ids must be strings or numbers (or set input.id_column: null)") from None
-        tables.append(pa.table({"id": ids, "source": pa.array([index] * stop, pa.int64()),
-                                "row": pa.array(range(stop), pa.int64())}))
-    if not tables:
-        return {}
-    rows = pa.concat_tables(tables).filter(pc.is_valid(pc.field("id")))
-    counts = rows.group_by("id").aggregate([("id", "count")])
-    repeated = counts.filter(pc.greater(counts["id_count"], 1)).column("id")
+        for first, ids in id_batches(sources[index], stop, id_column):
+            text, _ = id_strings(ids, id_column, f" of {sources[index].uri}")
+            at = batches[-1][2] + batches[-1][3] if batches else 0
+            hashes[at:at + len(text)] = hash_strings(text)
+            valid[at:at + len(text)] = text.is_valid().to_numpy(zero_copy_only=False)
+            batches.append((index, first, at, len(text)))
+    seen = hashes[valid]
+    seen.sort()
+    repeated = np.unique(seen[1:][seen[1:] == seen[:-1]])
+    del seen
     if len(repeated) == 0:
         return {}
-    first: dict[bytes, tuple[int, int]] = {}
-    found = {}
-    dups = rows.filter(pc.is_in(rows["id"], value_set=repeated))
-    dups = dups.sort_by([("source", "ascending"), ("row", "ascending")])
-    for value, source, row in zip(pc.cast(dups["id"], pa.binary()).to_pylist(), dups["source"].to_pylist(),
-                                  dups["row"].to_pylist()):
-        if value in first:
-            where = first[value]
-            found[(source, row)] = (f"ValueError: duplicate id {value.decode(errors='replace')!r} "
-                                    f"({id_column}); first at {sources[where[0]].uri}#{where[1]}")
-        else:
-            first[value] = (source, row)
+    suspect = np.isin(hashes, repeated) & valid
+    del hashes, valid
+    found = confirm_duplicates(sources, batches, suspect, id_column)
     log.warning("%d row(s) repeat an earlier row's id (%s); they become error rows", len(found), id_column)
+    return found
+
+
+def confirm_duplicates(sources: list[SourceFile], batches: list[tuple[int, int, int, int]],
+                       suspect: np.ndarray, id_column: str) -> dict[tuple[int, int], str]:
+    """Pass 2: the suspect rows' ids as text, in plan order; every repeat of an earlier id is found."""
+    first_at: dict[str, tuple[int, int]] = {}
+    found = {}
+    for index, first, at, rows in batches:
+        offsets = np.flatnonzero(suspect[at:at + rows])
+        if len(offsets) == 0:
+            continue
+        ids = read_rows(sources[index], first, first + rows, [id_column]).column(id_column)
+        text, _ = id_strings(ids.take(pa.array(offsets)), id_column)
+        for offset, value in zip(offsets.tolist(), text.to_pylist()):
+            where = first_at.setdefault(value, (index, first + offset))
+            if where != (index, first + offset):
+                found[(index, first + offset)] = (f"ValueError: duplicate id {value!r} ({id_column}); "
+                                                  f"first at {sources[where[0]].uri}#{where[1]}")
     return found

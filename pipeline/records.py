@@ -33,20 +33,61 @@ def python_rows(rows: pa.Table) -> tuple[list[dict[str, Any]], list[str | None]]
     return records, problems
 
 
+def id_strings(ids: pa.Array | pa.ChunkedArray, id_column: str, where: str = "") -> tuple[pa.Array, dict[int, str]]:
+    """The one rule for ids, in the duplicate check and in the output alike: text as it is, binary
+    decoded as UTF-8, numbers as Arrow writes them (5 -> "5"). Returns (strings, problems): an id
+    that is not valid UTF-8 is null in `strings`, with a problem at its offset; a null id stays null.
+    A column of any other type is a ValueError (`where` names the file in its message)."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    kind = ids.type
+    if pa.types.is_dictionary(kind):
+        ids, kind = ids.dictionary_decode(), kind.value_type
+    textual = kind in TEXT_TYPES or pa.types.is_fixed_size_binary(kind)
+    try:
+        if kind == pa.string():
+            ids.validate(full=True)          # a string column written unchecked may hold invalid UTF-8
+            return ids, {}
+        return ids.cast(pa.string()), {}
+    except pa.ArrowInvalid:
+        if textual:
+            return decode_each(ids, id_column)
+    except pa.ArrowNotImplementedError:
+        pass
+    raise ValueError(f"id column {id_column!r}{where} has type {kind}; ids must be text, UTF-8 binary or "
+                     "numbers (or set input.id_column: null)")
+
+
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view(), pa.binary(), pa.large_binary(), pa.binary_view())
+
+
+def decode_each(ids: pa.Array, id_column: str) -> tuple[pa.Array, dict[int, str]]:
+    """Ids decoded one at a time: the slow path of a batch holding an id that is not valid UTF-8."""
+    values: list[str | None] = []
+    problems: dict[int, str] = {}
+    for k, raw in enumerate(ids.cast(pa.large_binary()).to_pylist()):
+        try:
+            values.append(None if raw is None else raw.decode())
+        except UnicodeDecodeError as err:
+            values.append(None)
+            problems[k] = f"ValueError: id ({id_column}) is not valid UTF-8 ({err.reason} at byte {err.start})"
+    return pa.array(values, pa.string()), problems
+
+
 def row_ids(item: WorkItem, rows: pa.Table, id_column: str | None) -> tuple[list[str], list[str | None]]:
-    """(ids, problems): the id column as strings; a null or undecodable id gets a derived id and a problem."""
+    """(ids, problems): the id column as strings (id_strings' rule); a null or undecodable id gets a
+    derived id and a problem."""
     indexes = range(item.start, item.stop)
     if id_column is None:
         return [derived_id(item, r) for r in indexes], [None] * rows.num_rows
-    records, decoding = python_rows(rows.select([id_column]))
+    text, bad = id_strings(rows.column(id_column), id_column)
     ids, problems = [], []
-    for r, record, bad in zip(indexes, records, decoding):
-        value = record[id_column]
+    for k, (r, value) in enumerate(zip(indexes, text.to_pylist())):
         if value is None:
             ids.append(derived_id(item, r))
-            problems.append(bad or f"ValueError: id ({id_column}) is null")
+            problems.append(bad.get(k) or f"ValueError: id ({id_column}) is null")
         else:
-            ids.append(value if isinstance(value, str) else str(value))
+            ids.append(value)
             problems.append(None)
     return ids, problems
 

@@ -121,6 +121,30 @@ def test_duplicate_ids_across_types_and_unusable_id_type(tmp_path, tiny_model_di
     assert not (tmp_path / "out2").exists()
 
 
+def test_binary_ids_are_decoded_as_utf8_everywhere(tmp_path, tiny_model_dir):
+    """One rule for ids of binary type: the duplicate check and the output both decode UTF-8
+    (b"B0" is the id "B0", never "b'B0'"); an id that is not UTF-8 is an error row, not a crash."""
+    from pipeline.worker import DartWorker
+
+    first, second = tmp_path / "in" / "a.parquet", tmp_path / "in" / "b.parquet"
+    first.parent.mkdir()
+    pq.write_table(pa.table({"id": pa.array([b"B0", b"B1", b"B0", b"\xff\xfeB", b"caf\xc3\xa9"], pa.binary()),
+                             "document": [sentence(k) for k in range(5)]}), first)
+    pq.write_table(pa.table({"id": ["B1", "B5"], "document": [sentence(5), sentence(6)]}), second)
+    cfg = job_config("summarize", tiny_model_dir, [first, second], tmp_path / "out",
+                     input={"reference_column": None, "rows_per_item": 8})
+    job = Job.open(cfg)
+    assert job.duplicates == {(0, 2): f"ValueError: duplicate id 'B0' (id); first at {first}#0",
+                              (1, 0): f"ValueError: duplicate id 'B1' (id); first at {first}#1"}
+    worker = DartWorker(cfg.model_dump_json(), job.schema, job.fingerprint)
+    rows = [r for it in job.plan
+            for r in worker.run_item(it, job.rows(it), 1, job.known_problems(it)).to_pylist()]
+    assert [r["id"] for r in rows] == ["B0", "B1", "B0", f"{first}#3", "caf\u00e9", "B1", "B5"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error", "ok", "error", "ok"]
+    assert "duplicate id 'B0'" in rows[2]["error"] and "duplicate id 'B1'" in rows[5]["error"]
+    assert rows[3]["error"] == "ValueError: id (id) is not valid UTF-8 (invalid start byte at byte 0)"
+
+
 def test_missing_required_column_stops_before_work(tmp_path, tiny_model_dir):
     paths = write_docs(tmp_path / "in")
     out = tmp_path / "out"
