@@ -12,8 +12,10 @@ from pydantic import Field, field_validator
 from .config import FrozenModel
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_CONTEXT = 8192          # max_position_embeddings of the shipped SmolLM2-135M-Instruct
 DEFAULT_CACHE_DIR = "~/.cache/dart-pipeline"
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def cache_root(cache_dir: str | None = None) -> Path:

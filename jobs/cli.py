@@ -49,7 +49,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
     try:
         summary = run_job(config)
     except ValueError as err:   # bad input or config found before any work
-        log.error("%s", err)
+        sys.stderr.write(f"error: {err}\n")
         return 2
     state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
     sys.stdout.write(f"run {state}: {summary['run_dir']}\n"

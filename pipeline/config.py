@@ -75,7 +75,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ValueError(f"override {key}: cannot parse value {raw!r}: {err}") from None
         node = out
@@ -103,18 +103,46 @@ def parse_config(data: dict[str, Any]) -> JobConfig:
         raise ValueError(validation_message("job config", err)) from None
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """Plain YAML data only: no python tags (SafeLoader), no aliases (a few bytes of nested aliases
+    expand to gigabytes), no key given twice (the later one would silently win)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} found: aliases and anchors "
+                                              "are not allowed in a config; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(None, None, "merge keys (<<) are not allowed in a config; "
+                                                        "write the keys out", key_node.start_mark)
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping (empty for an empty file)."""
+    text = Path(path).read_text()
+    try:
+        loaded = yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a plain YAML config: {err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), task: str | None = None) -> JobConfig:
     """Read a YAML file (or nothing), apply overrides, set the job's task, and validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        try:
-            loaded = yaml.safe_load(text)   # plain data only: python tags are refused, never run
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not a plain YAML config: {err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
-        data = loaded or {}
+    data = {} if path is None else read_yaml(path)
     data = apply_overrides(data, list(overrides))
     if task is not None:
         if data.get("task", task) != task:

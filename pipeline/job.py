@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import JobConfig, dump_config
+from .model_check import check_model
 from .plan import WorkItem, plan_digest, plan_items
 from .preflight import check_inputs, find_duplicate_ids
 from .records import error_part
@@ -36,6 +37,7 @@ class Job:
     def open(cls, config: JobConfig) -> "Job":
         """Check every input, plan the items, open (or resume) the run directory."""
         inp = config.input
+        check_model(config)
         sources = check_inputs(inp, config.output.dir)
         plan = plan_items(sources, inp.rows_per_item, inp.limit)
         job = cls(config, sources, plan, find_duplicate_ids(sources, plan, inp.id_column))

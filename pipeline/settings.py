@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from string import Formatter
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dart.config import FrozenModel
 
@@ -100,7 +101,13 @@ class ControlConfig(FrozenModel):
     progress: bool = Field(True, description="Show a progress bar (items, rows/s, time left).")
     max_items: int | None = Field(None, ge=0, description="Run at most this many pending work items, "
                                   "then stop (a later run resumes).")
-    log_level: str = Field("INFO", description="Logging level of the job.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Logging level of the job (DEBUG, INFO, WARNING, ERROR or CRITICAL; any case).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
 
 class TestingConfig(FrozenModel):

@@ -23,8 +23,9 @@ class SourceFile:
     uri: str                 # as the user's path resolved it (protocol kept for remote files)
     kind: str                # "parquet" | "arrow" | "hf"
     num_rows: int
-    fingerprint: str         # content fingerprint from the footer, not from mtime or size
+    fingerprint: str         # from the footer (row groups, statistics): part of item ids and run identity
     schema: pa.Schema
+    content: str = ""        # sha256 of the file's bytes: any edit at all changes it
 
 
 def _url_to_fs(path: str):
@@ -67,6 +68,15 @@ def _footer_fingerprint(meta: pq.FileMetaData) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def content_digest(fs, path: str, chunk: int = 8 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (never whole into memory)."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def open_source(uri: str) -> SourceFile:
     """Read one file's footer (Parquet) or schema and row count (Arrow IPC)."""
     try:
@@ -77,11 +87,13 @@ def open_source(uri: str) -> SourceFile:
             digest = hashlib.sha256(table.schema.to_string().encode())
             digest.update(str(table.num_rows).encode())
             digest.update(str(fs.size(path)).encode())
-            return SourceFile(uri, "arrow", table.num_rows, digest.hexdigest()[:16], table.schema)
+            return SourceFile(uri, "arrow", table.num_rows, digest.hexdigest()[:16], table.schema,
+                              content_digest(fs, path))
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            return SourceFile(uri, "parquet", pf.metadata.num_rows, _footer_fingerprint(pf.metadata),
-                              pf.schema_arrow)
+            meta, schema = pf.metadata, pf.schema_arrow
+        return SourceFile(uri, "parquet", meta.num_rows, _footer_fingerprint(meta), schema,
+                          content_digest(fs, path))
     except Exception as err:  # any unreadable file stops the job before work starts
         raise ValueError(f"cannot read input file {uri}: {type(err).__name__}: {err}") from None
 
@@ -122,14 +134,18 @@ def resolve_inputs(paths: list[str], hf_split: str = "train") -> list[SourceFile
             ds = _hf_dataset(path, hf_split)
         except Exception as err:
             raise ValueError(f"input {path!r} is neither a file nor a loadable dataset: {err}") from None
-        sources.append(SourceFile(f"hf://{path}@{hf_split}", "hf", len(ds), hf_fingerprint(ds),
-                                  ds.data.table.schema))
+        identity = hf_fingerprint(ds)
+        sources.append(SourceFile(f"hf://{path}@{hf_split}", "hf", len(ds), identity, ds.data.table.schema, identity))
     return sources
 
 
 def check_columns(sources: list[SourceFile], required: list[str], passthrough: list[str]) -> None:
-    """Each named column exists in every file; pass-through columns have one type everywhere."""
+    """Each named column exists once in every file; pass-through columns have one type everywhere."""
     for src in sources:
+        repeated = sorted({c for c in src.schema.names if src.schema.names.count(c) > 1})
+        if repeated:
+            raise ValueError(f"input file {src.uri} has column name(s) {repeated} more than once; "
+                             "rename them so each column is unambiguous")
         missing = [c for c in required if c not in src.schema.names]
         if missing:
             raise ValueError(f"input file {src.uri} lacks column(s) {missing}; it has {src.schema.names}")

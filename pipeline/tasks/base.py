@@ -41,6 +41,7 @@ class TaskSpec:
     required_inputs: tuple[str, ...]                   # input.* keys that must be set
     quality_metrics: tuple[tuple[str, str], ...]       # (column, title), the primary metric first
     summary_metrics: tuple[tuple[str, str, str], ...]  # (summary key, column, closing-table title)
+    token_limits: tuple[str, ...]                      # dotted job config keys, in tokens of the context
     check: Callable[[InputConfig, Any], None] | None = None   # further checks of the config
 
 

@@ -124,5 +124,6 @@ SPEC = TaskSpec(
     required_inputs=("question_column",),
     quality_metrics=(("correct", "accuracy"),),
     summary_metrics=(("accuracy", "correct", "accuracy"),),
+    token_limits=("label.max_question_tokens",),
     check=check_choices,
 )

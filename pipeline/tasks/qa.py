@@ -70,4 +70,5 @@ SPEC = TaskSpec(
     required_inputs=("question_column",),
     quality_metrics=(("f1", "token F1"), ("exact_match", "EM")),
     summary_metrics=(("f1", "f1", "F1"), ("exact_match", "exact_match", "EM")),
+    token_limits=("generation.max_new_tokens", "qa.max_context_tokens"),
 )

@@ -60,4 +60,5 @@ SPEC = TaskSpec(
     required_inputs=("text_column",),
     quality_metrics=(("rouge_l", "ROUGE-L"), ("rouge_1", "ROUGE-1"), ("rouge_2", "ROUGE-2")),
     summary_metrics=(("rouge_l", "rouge_l", "ROUGE-L"),),
+    token_limits=("generation.max_new_tokens", "summarize.max_document_tokens"),
 )

@@ -1,0 +1,57 @@
+"""Model settings checked in the driver before any work, without loading a model library: a local
+source exists, and the job's token limits fit the model's context where its config.json says it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dart.model_config import EMBEDDED_CONTEXT, EMBEDDED_MODEL, HUB_ID_PATTERN, ModelConfig
+
+from .config import JobConfig
+from .tasks import TASKS
+
+
+def model_context(model: ModelConfig) -> int | None:
+    """The model's context in tokens, or None where only loading the model would tell (hub ids,
+    GGUF files). Raises ValueError for a local source that does not exist."""
+    source = model.source
+    if source == EMBEDDED_MODEL:
+        return EMBEDDED_CONTEXT
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ValueError(f"model.source: GGUF file {str(path)!r} does not exist")
+        return None
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            return None
+        value = json.loads(config.read_text()).get("max_position_embeddings")
+        return int(value) if isinstance(value, int) else None
+    if path.exists():
+        raise ValueError(f"model.source {source!r} is a file; give a model directory, a .gguf file or a hub id")
+    if not HUB_ID_PATTERN.fullmatch(source):
+        raise ValueError(f"model.source: model directory {str(path.resolve())!r} does not exist")
+    return None
+
+
+def explicit_setting(config: JobConfig, dotted: str) -> int | None:
+    """The value at a dotted key when the config sets it (a default that does not fit a small
+    model's context only means its truncation never binds), else None."""
+    *sections, name = dotted.split(".")
+    section = config
+    for part in sections:
+        section = getattr(section, part)
+    return getattr(section, name) if name in section.model_fields_set else None
+
+
+def check_model(config: JobConfig) -> None:
+    """The source exists, and every token limit the config sets leaves room in the model's context."""
+    context = model_context(config.model)
+    if context is None:
+        return
+    for key in TASKS[config.task].token_limits:
+        value = explicit_setting(config, key)
+        if value is not None and value >= context:
+            raise ValueError(f"{key}={value} does not fit the model's context of {context} tokens "
+                             f"({config.model.source}); set it below {context}")

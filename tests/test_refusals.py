@@ -1,0 +1,75 @@
+"""Configs and inputs that can never run are refused before any work, each with one `error:` line
+naming the key and exit code 2, never a traceback and never a started Ray."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pipeline_fixtures import write_docs
+
+from jobs.cli import main
+
+
+def run_cli(capsys, task: str, args: list[str]) -> tuple[int, str]:
+    code = main(task, args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.fixture
+def tiny_args(tiny_model_dir, tmp_path):
+    paths = write_docs(tmp_path / "in")
+    return [f"model.source={tiny_model_dir}", "model.device=cpu", f"input.paths=[{paths[0]}]",
+            "input.text_column=document", f"output.dir={tmp_path / 'out'}", "control.progress=false"]
+
+
+BOMB = """a: &a ["x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+task: summarize
+"""
+
+
+@pytest.mark.parametrize("text, says", [
+    (BOMB, "aliases and anchors are not allowed"),
+    ("task: summarize\ninput: {paths: [a.parquet]}\ntask: qa\n", "key 'task' is given twice"),
+    ("<<: {task: summarize}\n", "merge keys (<<) are not allowed"),
+])
+def test_yaml_that_is_not_plain_data_is_refused(capsys, tmp_path, text, says):
+    config = tmp_path / "job.yaml"
+    config.write_text(text)
+    code, err = run_cli(capsys, "summarize", ["--config", str(config)])
+    assert code == 2 and err.startswith("error: ") and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, says", [
+    ("control.log_level=LOUD", "control.log_level"),
+    ("generation.max_new_tokens=100000", "generation.max_new_tokens=100000 does not fit the model's context of 256"),
+    ("summarize.max_document_tokens=300", "summarize.max_document_tokens=300 does not fit"),
+    ("model.source=/nonexistent/model", "model.source: model directory '/nonexistent/model' does not exist"),
+    ("model.source=/nonexistent/weights.gguf", "GGUF file '/nonexistent/weights.gguf' does not exist"),
+])
+def test_settings_that_can_never_run_are_refused(capsys, tiny_args, override, says):
+    import ray
+
+    code, err = run_cli(capsys, "summarize", [*tiny_args, override])
+    assert code == 2 and err.startswith("error: ") and says in err and "Traceback" not in err
+    assert not ray.is_initialized()
+
+
+def test_input_with_a_repeated_column_name_is_refused(capsys, tiny_args, tmp_path):
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["doc"]), pa.array(["x"])],
+                                 names=["id", "document", "document"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    code, err = run_cli(capsys, "summarize", [*tiny_args, f"input.paths=[{tmp_path / 'dup.parquet'}]"])
+    assert code == 2 and "column name(s) ['document'] more than once" in err
+
+
+def test_defaults_larger_than_a_small_context_still_run(tiny_model_dir, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.model_check import check_model
+
+    config = load_config(None, [f"model.source={tiny_model_dir}", "input.paths=[x.parquet]",
+                                "input.question_column=q", "input.choices_column=c"], task="label")
+    assert config.label.max_question_tokens > 256
+    check_model(config)       # the default only means truncation never binds
