@@ -8,25 +8,29 @@ from typing import Any
 from .config import JobConfig
 from .job import Job
 from .pool import run_items
+from .storage import check_durable_output
 
 log = logging.getLogger(__name__)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run (or resume) a job to completion, or up to control.max_items; returns the summary."""
+    """Run (or resume) a job to completion, or up to control.max_items; returns the summary.
+    The run is held by this driver throughout (a second driver on it refuses: RunBusy)."""
     began = time.perf_counter()
+    check_durable_output(config.output.dir)
     job = Job.open(config)
-    todo = job.unfinished()
-    skipped = len(job.plan) - len(todo)
-    if config.control.max_items is not None:
-        todo = todo[:config.control.max_items]
-    if not job.plan:
-        log.warning("input %s has no rows: the run is complete with an empty output", config.input.paths)
-        job.run.write_empty(job.schema)
-    generated = 0
-    if todo:
-        job.run.unfinish()
-        generated = run_items(job, todo)
-    wall = time.perf_counter() - began
-    return job.close({"skipped_items": skipped, "wall_seconds": wall,
-                      "tokens_per_second": generated / wall if wall > 0 else None})
+    with job.run.lock(config.output.lease_seconds):
+        todo = job.unfinished()
+        skipped = len(job.plan) - len(todo)
+        if config.control.max_items is not None:
+            todo = todo[:config.control.max_items]
+        if not job.plan:
+            log.warning("input %s has no rows: the run is complete with an empty output", config.input.paths)
+            job.run.write_empty(job.schema)
+        generated = 0
+        if todo:
+            job.run.unfinish()
+            generated = run_items(job, todo)
+        wall = time.perf_counter() - began
+        return job.close({"skipped_items": skipped, "wall_seconds": wall,
+                          "tokens_per_second": generated / wall if wall > 0 else None})

@@ -31,7 +31,8 @@ class Job:
         passthrough = [sources[0].schema.field(c) for c in config.input.passthrough_columns] if sources else []
         self.schema: pa.Schema = output_schema(config.task, passthrough)
         self.fingerprint = config.fingerprint(plan_digest(plan))
-        self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan)
+        self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan,
+                               self.schema, config.output.storage_options)
 
     @classmethod
     def open(cls, config: JobConfig) -> "Job":
@@ -47,9 +48,15 @@ class Job:
 
     # ---- what to run ---------------------------------------------------------------------------
     def unfinished(self) -> list[WorkItem]:
-        """Items without a finished part, in plan order (half-written parts are removed first)."""
+        """Items without a finished part, in plan order (half-written parts are removed first); with
+        control.retry_failed, also the items whose rows became error rows after pool.max_attempts."""
         self.run.clean_temp()
-        todo = [it for it in self.plan if not self.run.is_done(it)]
+        retry = self.config.control.retry_failed
+        markers = [self.run.done_marker(it) for it in self.plan]
+        failed = [it for it, m in zip(self.plan, markers) if m is not None and m.get("status") == "failed"]
+        todo = [it for it, m in zip(self.plan, markers) if m is None or (retry and it in failed)]
+        if retry and failed:
+            log.warning("retrying %d failed item(s) (control.retry_failed)", len(failed))
         if len(todo) < len(self.plan):
             log.info("%d of %d work items already done; skipping them", len(self.plan) - len(todo), len(self.plan))
         return todo
@@ -86,15 +93,24 @@ class Job:
     def done_items(self) -> int:
         return sum(self.run.is_done(it) for it in self.plan)
 
+    def failed_items(self) -> int:
+        """Done items whose rows are error rows because every attempt failed."""
+        return sum((self.run.done_marker(it) or {}).get("status") == "failed" for it in self.plan)
+
     def close(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The run's summary from the parts on disk; a run with every item done is marked finished."""
-        done = self.done_items()
+        done = [it for it in self.plan if self.run.is_done(it)]
+        failed = self.failed_items()
         summary = {"run_dir": str(self.run.root), "config_fingerprint": self.fingerprint,
-                   "task": self.config.task, "planned_items": len(self.plan), "done_items": done,
-                   "complete": done == len(self.plan), **extra}
+                   "task": self.config.task, "planned_items": len(self.plan), "done_items": len(done),
+                   "complete": len(done) == len(self.plan), "failed_items": failed, **extra}
+        if failed:
+            summary["retry_hint"] = (f"{failed} item(s) failed all pool.max_attempts attempts and hold error "
+                                     "rows; rerun with control.retry_failed=true to retry them")
+            log.warning("%s", summary["retry_hint"])
         if done or not self.plan:
-            summary.update(summarize_table(self.run.read(), self.config.task))
+            summary.update(summarize_table(self.run.read(done), self.config.task))
         if summary["complete"]:
             self.run.finish(summary)
-        log.info("run %s: %d/%d items done", self.run.root, done, len(self.plan))
+        log.info("run %s: %d/%d items done", self.run.root, len(done), len(self.plan))
         return summary

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from string import Formatter
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -61,7 +61,17 @@ class InputConfig(FrozenModel):
 
 
 class OutputConfig(FrozenModel):
-    dir: str = Field("outputs", description="Output root; each config writes to <dir>/<task>-<fingerprint>.")
+    """Where runs are written; never changes output rows, so not in the fingerprint."""
+
+    dir: str = Field("outputs", description="Output root, a local path or an fsspec URI (s3://bucket/runs, "
+                     "gs://..., memory://...); each config writes to <dir>/<task>-<fingerprint>. Under "
+                     "`ray job submit` it must be absolute on shared storage, or a URI.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options of an "
+                                            "object-store output.dir (e.g. {endpoint_url: http://host:9000}); "
+                                            "keep secrets in the store's environment variables, not here "
+                                            "(this config is written next to the outputs).")
+    lease_seconds: float = Field(60, ge=5, le=3600, description="Object-store output: the driver's lease on "
+                                 "the run expires this long after its last renewal (renewed every third).")
 
 
 class PoolConfig(FrozenModel):
@@ -78,6 +88,9 @@ class PoolConfig(FrozenModel):
     ray_address: str | None = Field(None, description="Ray cluster address ('auto': the running local "
                                     "cluster); null uses RAY_ADDRESS, else starts a private Ray on 127.0.0.1.")
     local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray the job starts (null: all).")
+    placement_timeout_s: float = Field(600, ge=0, le=86_400, description="On a cluster whose autoscaler "
+                                       "can add nodes: seconds to wait for nodes that can place the pool before "
+                                       "failing. A fixed-size cluster that cannot place it fails at once.")
 
 
 class ChatPromptConfig(FrozenModel):
@@ -108,6 +121,8 @@ class ControlConfig(FrozenModel):
     @classmethod
     def _level_upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+    retry_failed: bool = Field(False, description="Run again the items whose rows became error rows after "
+                               "pool.max_attempts failed attempts (by default a rerun keeps them).")
 
 
 class TestingConfig(FrozenModel):
