@@ -144,24 +144,13 @@ def test_bad_study_names_what_to_fix():
         expand(StudyConfig.model_validate(bad))
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("study_*.yaml")), ids=lambda p: p.name)
-def test_shipped_studies_validate_and_read_shared_data(path):
-    assert path.read_text().startswith("#"), "each YAML starts with its launch instructions"
-    study = load_study(path, ["study.limit=16"])
-    runs = expand(study)
-    assert runs and all(r.config.input.limit == 16 for r in runs)
-    for path_ in runs[0].config.input.paths:
-        if not (CONF.parent / path_).exists():
-            pytest.skip("../shared/data is absent in this checkout")
-
-
 def test_shipped_xsum_study_is_the_papers_setting():
     runs = expand(load_study(CONF / "study_xsum.yaml"))
     assert [r.label for r in runs] == ["dense", "static@auto50", "dart@auto50"]
     for r in runs[1:]:
         d = r.config.dart
         assert (d.budget, d.keep_ratio, d.ranking, d.mask_step) == ("auto", 0.5, "max", 0)
-    assert runs[0].config.input.paths == ["../shared/data/xsum_dev.parquet"] and runs[0].config.input.limit == 200
+    assert runs[0].config.input.paths == ["data/xsum_study.parquet"] and runs[0].config.input.limit == 200
     assert runs[0].config.summarize.reference_nll
 
 
