@@ -11,6 +11,7 @@ from typing import Iterator
 from .config import JobConfig
 from .plan import WorkItem
 from .job import Job
+from .placement import check_placement
 from .worker import DartWorker
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def start_actors(job: Job) -> list:
 
     pool = job.config.pool
     connect_ray(job.config)
+    check_placement(pool)
     actor_cls = ray.remote(DartWorker).options(
         num_cpus=pool.cpus_per_actor, num_gpus=pool.num_gpus_per_actor,
         max_restarts=pool.max_restarts, max_task_retries=0, max_concurrency=1)

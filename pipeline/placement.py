@@ -1,0 +1,100 @@
+"""Can the cluster place the actor pool? Checked before any actor is created, so a pool the cluster
+can never hold is a clear error instead of actors that wait forever."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from .settings import PoolConfig
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-9
+
+
+def actor_demand(pool: PoolConfig) -> dict[str, float]:
+    """Resources one actor asks for (the options start_actors gives Ray)."""
+    demand = {"CPU": float(pool.cpus_per_actor)}
+    if pool.num_gpus_per_actor:
+        demand["GPU"] = float(pool.num_gpus_per_actor)
+    return demand
+
+
+def fits(node: dict[str, float], demand: dict[str, float]) -> int:
+    """How many actors of `demand` one node of resources `node` holds."""
+    return min(math.floor(node.get(name, 0) / need + EPS) for name, need in demand.items())
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each alive node."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
+    """(resources, max nodes; -1 unbounded) of each node type Ray's autoscaler may launch, or None
+    when no autoscaler has published a cluster config (a fixed cluster: `ray start`, a local Ray)."""
+    from ray._private.state import state
+
+    config = state.get_cluster_config()
+    if config is None or not config.node_group_configs:
+        return None
+    return [(dict(group.resources), group.max_count) for group in config.node_group_configs]
+
+
+def describe_cluster() -> str:
+    import ray
+
+    total = ray.cluster_resources()
+    total = {name: total.get(name, 0) for name in ("CPU", "GPU")}
+    nodes = [{name: node.get(name, 0) for name in ("CPU", "GPU")} for node in node_resources()]
+    return f"ray.cluster_resources() {total}; per node {nodes}"
+
+
+def shortfall(pool: PoolConfig, placeable: int, why: str) -> ValueError:
+    return ValueError(
+        f"the Ray cluster cannot place pool.num_actors={pool.num_actors} actors of "
+        f"pool.cpus_per_actor={pool.cpus_per_actor} CPU(s) and pool.num_gpus_per_actor={pool.num_gpus_per_actor:g} "
+        f"GPU(s) each (at most {placeable} fit): it has {describe_cluster()}; {why}. "
+        "Lower pool.num_actors, pool.cpus_per_actor or pool.num_gpus_per_actor, or add nodes")
+
+
+def check_placement(pool: PoolConfig) -> None:
+    """Raise a ValueError naming the pool keys when the cluster can never hold the pool. A fixed
+    cluster is judged by its nodes' total resources, at once; on an autoscaling cluster a pool that
+    its node types could hold is waited for, up to pool.placement_timeout_s."""
+    demand = actor_demand(pool)
+    now = sum(fits(node, demand) for node in node_resources())
+    if now >= pool.num_actors:
+        return
+    types = autoscaler_node_types()
+    if types is None:
+        raise shortfall(pool, now, "no autoscaler can add nodes to it")
+    at_most = now + sum(fits(resources, demand) * (pool.num_actors if count < 0 else count)
+                        for resources, count in types)
+    if at_most < pool.num_actors:
+        raise shortfall(pool, at_most, f"nor can its autoscaler's node types {types} (resources, max nodes)")
+    wait_for_nodes(pool, demand)
+
+
+def wait_for_nodes(pool: PoolConfig, demand: dict[str, float]) -> None:
+    """Ask the autoscaler for the pool (a placement group of one bundle per actor) and wait up to
+    pool.placement_timeout_s for it; the group is removed either way, and the actors follow."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    log.info("the cluster lacks nodes for %d actor(s) of %s; waiting up to %.0f s for the autoscaler",
+             pool.num_actors, demand, pool.placement_timeout_s)
+    group = placement_group([demand] * pool.num_actors, strategy="PACK")
+    began = time.monotonic()
+    try:
+        ready, _ = ray.wait([group.ready()], timeout=pool.placement_timeout_s)
+    finally:
+        remove_placement_group(group)
+    if not ready:
+        placeable = sum(fits(node, demand) for node in node_resources())
+        raise shortfall(pool, placeable, "its autoscaler added no nodes that place the pool within "
+                                         f"pool.placement_timeout_s={pool.placement_timeout_s:g} s")
+    log.info("the cluster can place the pool after %.0f s", time.monotonic() - began)
