@@ -67,7 +67,7 @@ def measure(root: Path, rows_per_item: int) -> dict:
 
     after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     config = parse_config({
-        "task": "summarize", "model": {"source": str(root / "model-unused"), "device": "cpu"},
+        "task": "summarize", "model": {"source": str(root / "model"), "device": "cpu"},   # never loaded
         "input": {"paths": [str(root / "in")], "text_column": "document", "rows_per_item": rows_per_item},
         "output": {"dir": str(root / "out")}, "control": {"progress": False}})
     began = time.perf_counter()
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="plan-scale-") as tmp:
         root = Path(tmp)
         (root / "in").mkdir()
+        (root / "model").mkdir()
         began = time.perf_counter()
         pairs = planted_pairs(args.rows, args.duplicates)
         paths = write_input(root / "in", args.rows, args.files, pairs)
