@@ -30,7 +30,7 @@ def _ray_cli() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_cluster():
     """A head node of our own (its own temp dir and ports), stopped by process group at the end."""
     temp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")   # short: Ray's socket paths have a length limit
@@ -81,7 +81,8 @@ def _stop_group(head: subprocess.Popen) -> None:
     head.wait(timeout=10)
 
 
-def test_ray_job_submit_runs_the_unchanged_job(head_cluster, tiny_model_dir, tmp_path):
+def _submit(head_cluster, tiny_model_dir, tmp_path, output_dir: str) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir . -- python -m jobs.summarize --config <job.yaml>` as the README says."""
     address, env = head_cluster
     inputs = write_docs(tmp_path / "in", bad_rows=False)
     conf = tmp_path / "job.yaml"
@@ -91,7 +92,7 @@ def test_ray_job_submit_runs_the_unchanged_job(head_cluster, tiny_model_dir, tmp
         "generation": {"max_new_tokens": 3},
         "input": {"paths": [str(p) for p in inputs], "text_column": "document", "reference_column": "summary",
                   "rows_per_item": ROWS_PER_ITEM},
-        "output": {"dir": str(tmp_path / "out")},
+        "output": {"dir": output_dir},
         "pool": {"num_actors": 2, "batch_size": 2},
         "summarize": {"max_document_tokens": 32},
     }))
@@ -102,6 +103,21 @@ def test_ray_job_submit_runs_the_unchanged_job(head_cluster, tiny_model_dir, tmp
         if "No available agent to submit job" not in proc.stdout + proc.stderr:
             break
         time.sleep(2)
+    return proc
+
+
+def test_submitted_job_refuses_a_relative_output_dir(head_cluster, tiny_model_dir, tmp_path):
+    """A relative output.dir would land in Ray's temporary copy of the working dir: refused before work."""
+    proc = _submit(head_cluster, tiny_model_dir, tmp_path, "outputs")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "failed" in text, text[-3000:]
+    assert "output.dir 'outputs' would resolve to" in text and "working_dir_files" in text
+    assert "absolute path on storage every node shares" in text and "s3://" in text
+    assert "work items" not in text                         # nothing was planned
+
+
+def test_ray_job_submit_runs_the_unchanged_job(head_cluster, tiny_model_dir, tmp_path):
+    proc = _submit(head_cluster, tiny_model_dir, tmp_path, str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout and "ROUGE-L" in proc.stdout
     (run_dir,) = (tmp_path / "out").iterdir()
