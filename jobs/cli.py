@@ -13,7 +13,8 @@ from pipeline.tasks import TASKS
 log = logging.getLogger(__name__)
 
 # (column title, summary key, format) of the closing table; the task's quality columns go between.
-COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}")]
+COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}"),
+          ("failed items", "failed_items", "{:d}")]
 TAIL = [("applied sparsity", "mean_applied_sparsity", "{:.3f}"), ("drift events", "drift_events", "{:d}"),
         ("tokens/s", "tokens_per_second", "{:.1f}")]
 
@@ -54,4 +55,6 @@ def main(task: str, argv: list[str] | None = None) -> int:
     state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
     sys.stdout.write(f"run {state}: {summary['run_dir']}\n"
                      f"parts: {summary['run_dir']}/parts/*.parquet\n{format_table(summary)}\n")
+    if summary.get("retry_hint"):
+        sys.stdout.write(f"{summary['retry_hint']}\n")
     return 0

@@ -148,3 +148,11 @@ def test_submitted_job_refuses_output_inside_rays_working_dir_copy(monkeypatch, 
     check_durable_output("s3://bucket/runs")
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     check_durable_output("outputs")                  # outside a submitted job a relative dir is fine
+
+
+def test_closing_table_counts_failed_items():
+    from jobs.cli import format_table
+
+    titles, values = format_table({"task": "summarize", "items": 3, "rows": 7, "error_rows": 3,
+                                   "failed_items": 1}).splitlines()
+    assert "failed items" in titles and values.split()[3] == "1"
