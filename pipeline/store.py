@@ -160,8 +160,7 @@ class RunDir:
         problem = rows_problem(item, table)
         if problem is not None:
             raise RuntimeError(f"item {item.item_id}: the result is not the item's rows ({problem}); not written")
-        if self.holder is not None:
-            self.holder.check()
+        self.guard()
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()
@@ -193,7 +192,13 @@ class RunDir:
         paths = [self.part_key(it) for it in items] or [f"{self.path}/parts/empty.parquet"]
         return pa.concat_tables([pq.read_table(p, columns=columns, filesystem=fs) for p in paths])
 
+    def guard(self) -> None:
+        """Raise RunLost when this driver's lease on the run was taken over (object stores)."""
+        if self.holder is not None:
+            self.holder.check()
+
     def finish(self, summary: dict[str, Any]) -> None:
+        self.guard()
         self.storage.write(f"{self.path}/summary.json", json_bytes(summary))
         self.storage.write(f"{self.path}/_SUCCESS", b"")
 
