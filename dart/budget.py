@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
-from .config import AutoBudgetConfig
+from .config import AutoBudgetConfig, DartConfig
+from .per_layer import parse_items
 
 _EPS = 1e-6
-_ITEM = re.compile(r"^\s*(all|\d+(?:\s*-\s*\d+)?)\s*:\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?|auto)\s*$")
 
 
 def uniform_counts(keep_ratio: float, num_layers: int, width: int) -> list[int]:
@@ -18,30 +17,13 @@ def uniform_counts(keep_ratio: float, num_layers: int, width: int) -> list[int]:
     return [k] * num_layers
 
 
-def check_per_layer_syntax(spec: str | dict[int, float]) -> None:
-    """Validate the form of a per-layer budget without knowing the model."""
-    for _, value in _parse_items(spec):
-        if value == "auto":
-            continue
-        if value <= 0:
-            raise ValueError(f"per_layer values must be > 0 (ratio in (0,1] or count > 1), got {value}")
-
-
-def _parse_items(spec: str | dict[int, float]) -> list[tuple[str, float | str]]:
-    if isinstance(spec, dict):
-        return [(str(k), float(v)) for k, v in spec.items()]
-    items = []
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        match = _ITEM.match(part)
-        if match is None:
-            raise ValueError(f"per_layer entry {part.strip()!r} is not 'LAYER:VALUE', 'A-B:VALUE' or 'all:VALUE'")
-        key, value = match.group(1).replace(" ", ""), match.group(2)
-        items.append((key, value if value == "auto" else float(value)))
-    if not items:
-        raise ValueError("per_layer is empty")
-    return items
+def fixed_counts(config: DartConfig, num_layers: int, width: int) -> list[int] | None:
+    """Keep counts known before any token (uniform, per_layer, griffin); None for `auto`."""
+    if config.method == "griffin" or config.budget == "uniform":
+        return uniform_counts(config.keep_ratio, num_layers, width)
+    if config.budget == "per_layer":
+        return per_layer_counts(config.per_layer, num_layers, width)
+    return None
 
 
 def _count(value: float, width: int) -> int:
@@ -58,7 +40,7 @@ def per_layer_counts(spec: str | dict[int, float], num_layers: int, width: int) 
     Layers the spec does not name stay dense.
     """
     counts = [width] * num_layers
-    for key, value in _parse_items(spec):
+    for key, value in parse_items(spec):
         if value == "auto":
             raise ValueError("per_layer value 'auto' means budget: auto; set budget instead")
         if key == "all":

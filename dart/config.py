@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .per_layer import check_per_layer_syntax
+
 Method = Literal["dense", "static", "griffin", "dart"]
 Ranking = Literal["magnitude", "max", "mean", "combined", "product"]
 Selection = Literal["topk", "mean_threshold"]
@@ -101,8 +103,6 @@ class DartConfig(FrozenModel):
         if self.budget == "per_layer" and self.per_layer is None:
             raise ValueError("budget 'per_layer' needs per_layer (e.g. '0:0.9,1-5:0.5')")
         if self.per_layer is not None:
-            from .budget import check_per_layer_syntax
-
             check_per_layer_syntax(self.per_layer)
         return self
 
@@ -119,7 +119,7 @@ class DartConfig(FrozenModel):
         """auto needs one complete forward first; griffin forms from the prompt."""
         if self.method == "griffin":
             return 1
-        if self.budget == "auto" and self.method != "griffin":
+        if self.budget == "auto":
             return max(1, self.mask_step)
         return self.mask_step
 
