@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..store import write_atomic_bytes
+from ..storage import write_atomic_bytes
 from .config import StudyConfig
 from .plots import plot_all
 from .results import quality_metrics

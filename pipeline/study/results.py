@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..metrics import rouge_l, word_match
-from ..store import write_atomic_bytes
+from ..storage import write_atomic_bytes
 from ..tasks import TASKS
 from .config import StudyRun
 

@@ -19,7 +19,7 @@ import yaml
 
 from ..driver import run_job
 from ..job import Job
-from ..store import write_atomic_bytes, write_json
+from ..storage import write_atomic_bytes, write_json
 from .config import StudyConfig, StudyRun, expand
 from .report import write_report
 from .results import collect, write_results
