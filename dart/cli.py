@@ -18,8 +18,6 @@ from .engine import DartEngine
 from .loading import load_model, model_fingerprint
 from .model_config import EMBEDDED_MODEL, ModelConfig
 
-log = logging.getLogger(__name__)
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dart", description=__doc__.split("\n\n")[0])

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from .patch import DartMLP
 
 if TYPE_CHECKING:
-    from .state import ForwardPhase, SequenceState
+    from .phase import ForwardPhase
+    from .state import SequenceState
 
 # auto takes a gathered path only below this fraction of the dense FFN bytes: the masked path's
 # multiply is nearly free, a gathered forward adds per-layer index work and the gather itself.
@@ -44,10 +45,6 @@ class CompactWeights:
     @property
     def width(self) -> int:
         return self.gate.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
 
 
 def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None = None) -> CompactWeights:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections.abc import Sequence
 
@@ -10,23 +9,30 @@ import torch
 from transformers import DynamicCache
 
 from . import budget
+from .accounting import FfnExecution, ModelShape
+from .batch import DecodeBatch
 from .compact import FfnPlan, GatherCache
 from .config import DartConfig, GenerationConfig
+from .model_config import cache_root
 from .patch import Runtime, check_supported, decoder_layers, patch_model, unpatch_model
+from .phase import ForwardPhase
 from .proxies import Proxies, load_or_compute
 from .runtime import ForwardPass, batch_masks
-from .sampling import next_tokens, row_generator
-from .state import FfnExecution, ForwardPhase, ModelShape, SequenceState
+from .sampling import eos_token_ids, next_tokens, row_generator
+from .state import SequenceState
 from .telemetry import ContinuationScores, GenerationResult, SequenceTelemetry
-
-log = logging.getLogger(__name__)
 
 
 class DartEngine:
-    """Owns one patched model. Not thread-safe: one batch at a time."""
+    """Owns one patched model. Not thread-safe: one forward at a time.
+
+    Generation is composed of two steps, as gpt-fast's: `prefill` runs prompts as the first forward
+    of new rows and returns a `DecodeBatch`; `decode_step` feeds one token per row of it. `generate`
+    and the scoring methods are built on them; a scheduler may drive them directly.
+    """
 
     def __init__(self, model, tokenizer, config: DartConfig, *, fingerprint: str | None = None,
-                 proxies: Proxies | None = None) -> None:
+                 proxies: Proxies | None = None, cache_dir: str | None = None) -> None:
         check_supported(model)
         self.model, self.tokenizer, self.config = model, tokenizer, config
         cfg = model.config
@@ -35,35 +41,21 @@ class DartEngine:
                                 layers[0].mlp.down_proj.weight.element_size())
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
-        self.fixed_counts = self._fixed_counts(config)
+        self.fixed_counts = budget.fixed_counts(config, self.shape.num_layers, self.shape.width)
         needs_proxies = config.method in ("static", "dart") and config.ranking != "magnitude"
         if needs_proxies and proxies is None:
             down = [layer.mlp.down_proj.weight for layer in layers]
-            proxies = load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
+            proxies = load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint,
+                                      cache_root(cache_dir) / "proxies")
         self.proxies = None if proxies is None else Proxies(proxies.pmax.to(self.device), proxies.pmean.to(self.device))
         self.runtime = Runtime()
         self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
-        self._gather = GatherCache([layer.mlp for layer in decoder_layers(model)], config.ffn_path, self.dtype)
-        self.eos_ids = self._eos_ids()
+        self._gather = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype)
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     # ---- setup ----------------------------------------------------------------------------
-    def _fixed_counts(self, config: DartConfig) -> list[int] | None:
-        L, N = self.shape.num_layers, self.shape.width
-        if config.method == "griffin" or config.budget == "uniform":
-            return budget.uniform_counts(config.keep_ratio, L, N)
-        if config.budget == "per_layer":
-            return budget.per_layer_counts(config.per_layer, L, N)
-        return None
-
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        for source in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
-            value = getattr(source, "eos_token_id", None)
-            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
-        return ids
-
     @property
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -78,6 +70,11 @@ class DartEngine:
         unpatch_model(self.model, self._handles)
         self._handles = []
 
+    def release_gathered(self) -> None:
+        """Free the FFN weights gathered for the last forward's mask sets (kept so that a decode loop
+        gathers once per mask set); a later forward gathers again if it needs them."""
+        self._gather.clear()
+
     def new_state(self, trace: bool = False) -> SequenceState:
         return SequenceState(self.config, self.shape, self.proxies, self.fixed_counts, self.device,
                              trace=trace, uid=next(self._uids))
@@ -88,6 +85,72 @@ class DartEngine:
         if len(prompt) >= self.max_context:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the model's context of "
                              f"{self.max_context} tokens (truncate it)")
+
+    # ---- steps ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Sequence[int]], states: Sequence[SequenceState] | None = None
+                ) -> tuple[torch.Tensor, DecodeBatch]:
+        """Run token-id prompts, left-padded to one width, as the first forward of new rows (`states`:
+        fresh ones from `new_state`, made here if not given). Returns the next-token logits [B, V]
+        (float32) and the batch to decode from."""
+        if not prompts:
+            raise ValueError("prefill needs at least one prompt")
+        for prompt in prompts:
+            self.check_prompt(prompt)
+        states = [self.new_state() for _ in prompts] if states is None else list(states)
+        if len(states) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(states)} states: give one state per prompt")
+        rows, width = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=self.device)
+        token_mask = torch.zeros((rows, width), dtype=torch.bool, device=self.device)
+        for b, prompt in enumerate(prompts):
+            input_ids[b, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            token_mask[b, width - len(prompt):] = True
+        batch = DecodeBatch.empty(states, DynamicCache(config=self.model.config), self.device)
+        return self._step(batch, input_ids, token_mask), batch
+
+    @torch.inference_mode()
+    def decode_step(self, batch: DecodeBatch, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (tokens: [B] ids) as the next forward of every row's schedule.
+        Returns the next-token logits [B, V] (float32)."""
+        if tokens.shape != (len(batch),):
+            raise ValueError(f"decode_step takes one token per row: shape ({len(batch)},), got {tuple(tokens.shape)}")
+        return self._step(batch, tokens[:, None], torch.ones(len(batch), 1, dtype=torch.bool, device=self.device))
+
+    @torch.inference_mode()
+    def teacher_force(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Run known tokens [B, T] (token_mask [B, T] bool, False at padding) under each row's masks,
+        formed now from its statistics if not yet: no calibration, no drift monitoring. Each distinct
+        state accounts one forward of its rows' tokens. Returns logits at every position [B, T, V]."""
+        phase_of = {s.uid: s.form_now() for s in batch.states}
+        phases = [phase_of[s.uid] for s in batch.states]
+        return self._run(batch, phases, input_ids, token_mask, all_logits=True)
+
+    def _step(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """One forward that advances every row's schedule; returns last-position logits [B, V]."""
+        tokens = self._tokens_per_state(batch.states, token_mask)
+        phase_of = {uid: state.begin_forward(count) for uid, (state, count) in tokens.items()}
+        phases = [phase_of[s.uid] for s in batch.states]
+        return self._run(batch, phases, input_ids, token_mask)[:, -1]
+
+    @staticmethod
+    def _tokens_per_state(states: list[SequenceState], token_mask: torch.Tensor) -> dict[int, tuple]:
+        """{uid: (state, real tokens of its rows)}: rows sharing a state count as one sequence."""
+        out: dict[int, tuple] = {}
+        for state, count in zip(states, token_mask.sum(-1).tolist()):
+            out[state.uid] = (state, out.get(state.uid, (state, 0))[1] + count)
+        return out
+
+    def _run(self, batch: DecodeBatch, phases: list[ForwardPhase], input_ids: torch.Tensor,
+             token_mask: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+        """Forward the tokens through the model and the cache, then account it in each state."""
+        attention_mask, position_ids = batch.append(token_mask)
+        logits, execution = self._forward(batch.states, phases, input_ids, attention_mask, position_ids,
+                                          batch.cache, token_mask, all_logits)
+        batch.advance(attention_mask, token_mask)
+        for state, count in self._tokens_per_state(batch.states, token_mask).values():
+            state.end_forward(count, execution)
+        return logits
 
     # ---- one forward ----------------------------------------------------------------------
     def _masks(self, states, phases) -> torch.Tensor | None:
@@ -118,77 +181,53 @@ class DartEngine:
         elements = sum(plan.widths) if plan.path == "union" else 0
         return FfnExecution(plan.path, plan.widths, elements, sequences)
 
-    def _step(self, states, input_ids, attention_mask, position_ids, cache, token_mask):
-        """Advance every row's schedule by one forward; returns last-position logits [B, V]."""
-        tokens = token_mask.sum(-1).tolist()
-        unique = {s.uid: (s, t) for s, t in zip(states, tokens)}.values()
-        phase_of = {s.uid: s.begin_forward(t) for s, t in unique}
-        phases = [phase_of[s.uid] for s in states]
-        logits, execution = self._forward(states, phases, input_ids, attention_mask, position_ids, cache, token_mask)
-        for state, count in zip(states, tokens):
-            state.end_forward(count, execution)
-        return logits[:, -1]
-
     # ---- generation -----------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], gen: GenerationConfig,
                  seeds: Sequence[int] | None = None, trace: bool = False) -> list[GenerationResult]:
         """Generate for a batch of token-id prompts; each row keeps its own DART state."""
-        for prompt in prompts:
-            self.check_prompt(prompt)
         if not prompts:
             return []
-        batch = len(prompts)
+        count = len(prompts)
         states = [self.new_state(trace) for _ in prompts]
-        generators = [row_generator(gen.seed if seeds is None else seeds[b], self.device) for b in range(batch)]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long, device=self.device)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long, device=self.device)
-        for b, prompt in enumerate(prompts):
-            input_ids[b, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            attention_mask[b, width - len(prompt):] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache(config=self.model.config)
-
+        generators = [row_generator(gen.seed if seeds is None else seeds[b], self.device) for b in range(count)]
         start = time.perf_counter()
-        logits = self._step(states, input_ids, attention_mask, position_ids, cache, attention_mask.bool())
+        logits, batch = self.prefill(prompts, states)
         prefill_seconds = time.perf_counter() - start
-        decode_seconds = [0.0] * batch
+        decode_seconds = [0.0] * count
         outputs: list[list[int]] = [[] for _ in prompts]
-        finish: list[str | None] = [None] * batch
-        active = list(range(batch))
-        next_pos = attention_mask.sum(-1)
+        finish: list[str | None] = [None] * count
+        rows = list(range(count))                  # prompt index of each batch row
         tokens = next_tokens(logits, gen, generators)
         while True:
-            for i, row in enumerate(active):
-                token = int(tokens[i])
-                outputs[row].append(token)
-                if gen.stop_on_eos and token in self.eos_ids:
-                    finish[row] = "eos"
-                elif len(outputs[row]) >= gen.max_new_tokens or len(prompts[row]) + len(outputs[row]) >= self.max_context:
-                    finish[row] = "length"
-            keep = [i for i, row in enumerate(active) if finish[row] is None]
+            for i, row in enumerate(rows):
+                outputs[row].append(int(tokens[i]))
+                finish[row] = self._finish_reason(len(prompts[row]), outputs[row], gen)
+            keep = [i for i, row in enumerate(rows) if finish[row] is None]
             if not keep:
                 break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                attention_mask, next_pos, tokens = attention_mask[index], next_pos[index], tokens[index]
-                active = [active[i] for i in keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            if len(keep) < len(rows):
+                batch.select(keep)
+                tokens, rows = tokens[torch.tensor(keep, device=self.device)], [rows[i] for i in keep]
             step_start = time.perf_counter()
-            logits = self._step([states[r] for r in active], tokens[:, None], attention_mask, next_pos[:, None],
-                                cache, torch.ones(len(active), 1, dtype=torch.bool, device=self.device))
-            tokens = next_tokens(logits, gen, [generators[r] for r in active])
-            next_pos = next_pos + 1
+            logits = self.decode_step(batch, tokens)
+            tokens = next_tokens(logits, gen, [generators[r] for r in rows])
             elapsed = time.perf_counter() - step_start
-            for row in active:
+            for row in rows:
                 decode_seconds[row] += elapsed
-        self._gather.clear()
+        self.release_gathered()
         return [GenerationResult(outputs[b], finish[b] or "length",
                                  self.telemetry(states[b], len(prompts[b]), len(outputs[b]), prefill_seconds,
                                                 decode_seconds[b]), states[b].trace)
-                for b in range(batch)]
+                for b in range(count)]
+
+    def _finish_reason(self, prompt_tokens: int, output: list[int], gen: GenerationConfig) -> str | None:
+        """Why a row stops after its last token, or None while it goes on."""
+        if gen.stop_on_eos and output[-1] in self.eos_ids:
+            return "eos"
+        if len(output) >= gen.max_new_tokens or prompt_tokens + len(output) >= self.max_context:
+            return "length"
+        return None
 
     # ---- scoring --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -204,28 +243,18 @@ class DartEngine:
             raise ValueError(f"prompt plus continuation ({len(prompt) + longest} tokens) exceeds the context "
                              f"of {self.max_context}")
         state = self.new_state()
-        ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
-        mask = torch.ones_like(ids)
-        cache = DynamicCache(config=self.model.config)
         start = time.perf_counter()
-        first = torch.log_softmax(self._step([state], ids, mask, mask.cumsum(-1) - 1, cache, mask.bool()), -1)
+        logits, batch = self.prefill([prompt], [state])
+        first = torch.log_softmax(logits, -1)                               # [1, V]
         prefill_seconds = time.perf_counter() - start
-        state.form_now()
-        count = len(continuations)
-        cache.batch_repeat_interleave(count)
-        cont = torch.full((count, longest), self.pad_id, dtype=torch.long, device=self.device)
-        cont_mask = torch.zeros_like(cont)
+        batch.select([0] * len(continuations))              # one row per continuation, sharing the state
+        cont = torch.full((len(continuations), longest), self.pad_id, dtype=torch.long, device=self.device)
+        cont_mask = torch.zeros_like(cont, dtype=torch.bool)
         for i, c in enumerate(continuations):
             cont[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-            cont_mask[i, :len(c)] = 1
-        attention = torch.cat([mask.expand(count, -1), cont_mask], dim=1)
-        positions = len(prompt) + torch.arange(longest, device=self.device).expand(count, -1)
+            cont_mask[i, :len(c)] = True
         start = time.perf_counter()
-        phases = [ForwardPhase(masked=state.kept is not None)] * count
-        logits, execution = self._forward([state] * count, phases, cont, attention, positions, cache,
-                                          cont_mask.bool(), all_logits=True)
-        state.end_forward(int(cont_mask.sum()), execution)
-        logprobs = torch.log_softmax(logits, dim=-1)                      # [C, T, V]
+        logprobs = torch.log_softmax(self.teacher_force(batch, cont, cont_mask), dim=-1)   # [C, T, V]
         per_position = [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
         telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
         return per_position, telemetry

@@ -2,13 +2,10 @@
 reuses its Linears, and read the last layer's attention output and pre-FFN residual with hooks."""
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 import torch
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 

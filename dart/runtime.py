@@ -5,7 +5,8 @@ import torch
 
 from .compact import CompactWeights, compact_ffn
 from .patch import DartMLP
-from .state import ForwardPhase, SequenceState
+from .phase import ForwardPhase
+from .state import SequenceState
 
 
 class ForwardPass:

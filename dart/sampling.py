@@ -6,6 +6,15 @@ import torch
 from .config import GenerationConfig
 
 
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """End-of-sequence ids named by the model's generation config, its config or the tokenizer."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+    return ids
+
+
 def row_generator(seed: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)

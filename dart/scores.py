@@ -49,9 +49,8 @@ def magnitude(stat: torch.Tensor, decay: float | None) -> torch.Tensor:
 
 
 def rank_scores(m: torch.Tensor, ranking: Ranking, pmax: torch.Tensor, pmean: torch.Tensor) -> torch.Tensor:
-    """Scores of spec section 2 for one layer. All inputs [N]."""
-    if ranking == "magnitude":
-        return m
+    """Proxy-weighted scores of spec section 2 for one layer (max, mean, combined, product). All inputs [N].
+    `magnitude` ranks by m itself and needs no proxies: callers use m directly."""
     if ranking == "max":
         return pmax * m
     if ranking == "mean":
@@ -60,7 +59,7 @@ def rank_scores(m: torch.Tensor, ranking: Ranking, pmax: torch.Tensor, pmean: to
         return (pmax + pmean) * m
     if ranking == "product":
         return pmax * pmean * m.square()
-    raise ValueError(f"unknown ranking {ranking!r}; choose magnitude, max, mean, combined or product")
+    raise ValueError(f"ranking {ranking!r} is not proxy-weighted; choose max, mean, combined or product")
 
 
 def select(scores: torch.Tensor, keep: int, selection: Selection) -> torch.Tensor:

@@ -1,106 +1,17 @@
 """Per-sequence DART state and the one place that advances its schedule (DART_SPEC sections 2-6)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
 from . import budget, scores
+from .accounting import DENSE_FFN, FfnExecution, ForwardLedger, ModelShape, overhead_flops
 from .config import DartConfig
 from .drift import DriftMonitor, form_baseline
+from .phase import DENSE, ForwardPhase
 from .proxies import Proxies
 from .signal import SignalAccumulator
 from .telemetry import SequenceTrace
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    num_layers: int   # L
-    width: int        # N, FFN intermediate size
-    hidden: int       # d
-    weight_bytes: int = 4   # bytes per FFN weight element (model dtype)
-
-
-@dataclass(frozen=True)
-class ForwardPhase:
-    """What one sequence does in one forward."""
-
-    calibrate: bool = False          # its tokens join the neuron statistics
-    form_in_forward: bool = False    # mask_step 0: each layer's mask forms from this forward's tokens
-    masked: bool = False             # masks apply in this forward
-    collect_signal: bool = False     # drift signal joins the epoch's baseline set
-    form_baseline: bool = False      # drift baseline forms at the last layer's attention
-    monitor: bool = False            # drift windows are watched
-
-
-DENSE = ForwardPhase()
-
-
-@dataclass(frozen=True)
-class FfnExecution:
-    """How one forward ran the FFN, as seen by one sequence in it (dart.compact names the paths)."""
-
-    path: str = "masked"                  # masked | compact | union
-    widths: list[int] | None = None       # neurons computed per layer; None: all N
-    mask_elements: int = 0                # mask multiplies per token (masked and union paths)
-    sequences: int = 1                    # distinct sequences sharing the forward's weight reads
-
-
-DENSE_FFN = FfnExecution()
-
-
-def overhead_flops(phase: ForwardPhase, tokens: int, shape: ModelShape, mask_elements: int,
-                   formed_layers: int, residual: bool, signal_width: int, replayed: int = 0) -> int:
-    """DART's own FLOPs in one forward of one sequence, beside the model's (spec section 7: O(L*N + d)
-    per token). Estimates per element: score update 3 (square or |a|, scale, add); auto-budget residual
-    statistics 10 per d (two norms, a dot, a difference); drift signal 2 per d (window and baseline
-    sums) plus a cosine (6 d) per window; mask formation 4 per neuron (rank) plus N log2 N (top-k);
-    the mask multiply 1 per masked element; replayed tokens 4 d per neuron (gate and up) and their
-    score update."""
-    L, N, d = shape.num_layers, shape.width, shape.hidden
-    flops = tokens * mask_elements + formed_layers * (4 * N + N * max(1, N.bit_length()))
-    flops += replayed * L * N * (4 * d + 3)
-    if phase.calibrate:
-        flops += 3 * tokens * L * N
-    if residual:
-        flops += 10 * tokens * L * d
-    if phase.collect_signal or phase.monitor:
-        flops += 2 * tokens * signal_width + (6 * signal_width * tokens) // 5
-    return flops
-
-
-@dataclass
-class ForwardLedger:
-    """Per-forward accounting of one sequence: applied sparsity, FFN FLOPs (2 per multiply-add), FFN
-    weight bytes read (each forward's reads shared evenly among its sequences) and DART's overhead."""
-
-    sparsity: list[float] = field(default_factory=list)     # per forward, for its last token
-    flops_dense: int = 0
-    flops_kept: int = 0
-    flops_executed: int = 0
-    bytes_dense: int = 0
-    bytes_executed: int = 0
-    overhead_flops: int = 0
-    compact_forwards: int = 0
-    union_forwards: int = 0
-
-    def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, execution: FfnExecution,
-               overhead: int = 0) -> None:
-        dense = len(kept_counts) * shape.width
-        kept = sum(kept_counts)
-        executed = dense if execution.widths is None else sum(execution.widths)
-        self.sparsity.append(1.0 - kept / dense)
-        per_neuron = 6 * shape.hidden * tokens             # gate, up, down: 3 matmuls of d per neuron
-        self.flops_dense += per_neuron * dense
-        self.flops_kept += per_neuron * kept
-        self.flops_executed += per_neuron * executed
-        neuron_bytes = 3 * shape.hidden * shape.weight_bytes
-        self.bytes_dense += neuron_bytes * dense // execution.sequences
-        self.bytes_executed += neuron_bytes * executed // execution.sequences
-        self.overhead_flops += overhead
-        self.compact_forwards += int(execution.path != "masked")
-        self.union_forwards += int(execution.path == "union")
 
 
 class SequenceState:
@@ -129,7 +40,12 @@ class SequenceState:
         self.carried: torch.Tensor | None = None        # 'carry': previous epoch's per-token statistic [L, N]
         self.recent_inputs: list[torch.Tensor | None] = [None] * shape.num_layers   # per layer [<=R, d]
         self.replay: list[torch.Tensor | None] | None = None    # recent_inputs at the last drift event
-        self._reset_epoch(carry=None)
+        # the current epoch's statistics, cleared by _reset_epoch at each drift event
+        self.epoch_forward = 0           # forwards of the current epoch (0 = its first)
+        self.stat, self.stat_tokens = self._empty_scores()
+        self.cos_sum, self.ratio_sum, self.residual_tokens = self._empty_residual_sums()
+        self.signal: SignalAccumulator | None = self._empty_signal()
+        self.monitor: DriftMonitor | None = None
 
     # ---- schedule -------------------------------------------------------------------------
     def epoch_mask_step(self) -> int:
@@ -199,20 +115,33 @@ class SequenceState:
         return (mean + weight * self.carried) / (1 + weight)
 
     def _reset_epoch(self, carry: torch.Tensor | None) -> None:
-        shape = self.shape
         self.epoch_forward = 0
         if self.kept is not None:
             self.kept, self.mask_version = None, self.mask_version + 1
         self.carried = carry            # mixed into the new epoch's statistic at selection ('carry')
-        rows = shape.num_layers if self.cfg.prunes else 0        # dense keeps no statistics
-        self.stat = torch.zeros(rows, shape.width, dtype=torch.float32, device=self.device)
-        self.stat_tokens = [0] * shape.num_layers
-        self.cos_sum = torch.zeros(rows, dtype=torch.float64)
-        self.ratio_sum = torch.zeros(rows, dtype=torch.float64)
-        self.residual_tokens = [0] * shape.num_layers
-        self.signal = SignalAccumulator(shape.hidden * self.cfg.drift.signal_layers,
-                                                     self.cfg.drift.window) if self.cfg.drift_enabled else None
-        self.monitor: DriftMonitor | None = None
+        self.stat, self.stat_tokens = self._empty_scores()
+        self.cos_sum, self.ratio_sum, self.residual_tokens = self._empty_residual_sums()
+        self.signal = self._empty_signal()
+        self.monitor = None
+
+    def _rows(self) -> int:
+        return self.shape.num_layers if self.cfg.prunes else 0         # dense keeps no statistics
+
+    def _empty_scores(self) -> tuple[torch.Tensor, list[int]]:
+        """Per layer: sum of squares (L2) or EMA of |a| [L, N], and the tokens that entered it."""
+        stat = torch.zeros(self._rows(), self.shape.width, dtype=torch.float32, device=self.device)
+        return stat, [0] * self.shape.num_layers
+
+    def _empty_residual_sums(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Auto budget, per layer: sums of cos(x, y) and ||y - x|| / ||x|| [L], and their token counts."""
+        rows = self._rows()
+        return torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64), \
+            [0] * self.shape.num_layers
+
+    def _empty_signal(self) -> SignalAccumulator | None:
+        if not self.cfg.drift_enabled:
+            return None
+        return SignalAccumulator(self.shape.hidden * self.cfg.drift.signal_layers, self.cfg.drift.window)
 
     # ---- statistics -----------------------------------------------------------------------
     def observe_activations(self, layer: int, act: torch.Tensor) -> None:
@@ -321,11 +250,13 @@ class SequenceState:
         self.kept = [self._select(layer, counts[layer]) for layer in range(self.shape.num_layers)]
         self.mask_version += 1
 
-    def form_now(self) -> None:
-        """Form every layer's masks from the statistics so far (scoring after a prompt)."""
+    def form_now(self) -> ForwardPhase:
+        """Form every layer's masks from the statistics so far, if not formed yet, for forwards that
+        only apply them (scoring after a prompt). Returns the phase of such a forward."""
         if self.kept is None and self.cfg.prunes:
             self._form_all()
         self._phase = ForwardPhase(masked=self.kept is not None)
+        return self._phase
 
     def form_layer(self, layer: int) -> torch.Tensor:
         """mask_step 0: form one layer's mask from the statistics gathered so far in this forward."""
@@ -335,11 +266,6 @@ class SequenceState:
         self.kept = self.kept[:layer] + [self._select(layer, counts[layer])] + self.kept[layer + 1:]
         self.mask_version += 1
         return self.kept[layer]
-
-    def prunes_now(self) -> bool:
-        """Whether this forward's masks drop any neuron (a keep ratio of 1.0 keeps every one)."""
-        return self._phase.masked and self.kept is not None and \
-            any(k.numel() < self.shape.width for k in self.kept)
 
     def kept_counts(self) -> list[int]:
         if self.kept is None or not self._phase.masked:

@@ -7,7 +7,8 @@ from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.loading import load_model
 from dart.model_config import ModelConfig
-from dart.state import ForwardPhase, ModelShape, overhead_flops
+from dart.accounting import ModelShape, overhead_flops
+from dart.phase import ForwardPhase
 
 GREEDY = GenerationConfig(max_new_tokens=12, stop_on_eos=False)
 L, D, N = 3, 48, 37          # the tiny model: layers, hidden, FFN width
@@ -90,16 +91,16 @@ def test_auto_takes_a_gathered_path_only_where_it_reads_fewer_bytes():
 
 
 def test_keep_ratio_one_multiplies_by_no_mask(tiny):
-    engine = DartEngine(*tiny, DartConfig(method="dart", budget="uniform", keep_ratio=1.0, mask_step=0))
-    try:
-        state = engine.new_state()
-        engine._step([state], torch.tensor([prompts(1)[0]]), torch.ones(1, 7, dtype=torch.long),
-                     torch.arange(7)[None], None, torch.ones(1, 7, dtype=torch.bool))
-        phases = [state.begin_forward(1)]
-        assert engine._masks([state], phases) is None
-        assert not engine._gather.plan([state], phases).gathered
-    finally:
-        engine.close()
+    """After the prefill (masks form inside it, on the masked path), a keep ratio of 1.0 neither
+    multiplies by masks nor gathers weights: the decode forwards add no mask multiplies."""
+    prompt, n = prompts(1)[0], 7
+    full = run(tiny, static(1.0, "auto"), [prompt])[0].telemetry
+    half = run(tiny, static(0.5, "masked"), [prompt])[0]
+    assert full.compact_forwards == 0 and full.ffn_flops_executed == full.ffn_flops_dense
+    formed = 4 * N + N * N.bit_length()
+    assert full.dart_overhead_flops == 3 * n * L * N + L * formed + n * L * N
+    decode = len(half.token_ids) - 1                  # at keep 0.5 each decode forward multiplies L*N
+    assert half.telemetry.dart_overhead_flops == full.dart_overhead_flops + decode * L * N
 
 
 def test_flop_and_byte_accounting_by_hand(tiny):

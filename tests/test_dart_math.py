@@ -58,13 +58,13 @@ def test_auto_budget_meets_target_when_feasible():
 def test_rankings():
     m = torch.tensor([1.0, 2.0])
     pmax, pmean = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0])
-    assert scores.rank_scores(m, "magnitude", pmax, pmean).tolist() == [1, 2]
     assert scores.rank_scores(m, "max", pmax, pmean).tolist() == [3, 2]
     assert scores.rank_scores(m, "mean", pmax, pmean).tolist() == [1, 2]
     assert scores.rank_scores(m, "combined", pmax, pmean).tolist() == [4, 4]
     assert scores.rank_scores(m, "product", pmax, pmean).tolist() == [3, 4]
-    with pytest.raises(ValueError, match="unknown ranking"):
-        scores.rank_scores(m, "median", pmax, pmean)
+    for unweighted in ("magnitude", "median"):           # magnitude ranks by m itself, with no proxies
+        with pytest.raises(ValueError, match="not proxy-weighted"):
+            scores.rank_scores(m, unweighted, pmax, pmean)
 
 
 def test_topk_breaks_ties_by_lower_index_and_mean_threshold():

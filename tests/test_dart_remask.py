@@ -7,7 +7,9 @@ from dart.engine import DartEngine
 from dart.loading import load_model
 from dart.model_config import ModelConfig
 from dart.patch import DartMLP
-from dart.state import DENSE, SequenceState, overhead_flops
+from dart.accounting import overhead_flops
+from dart.phase import DENSE
+from dart.state import SequenceState
 
 GEN = GenerationConfig(max_new_tokens=40, stop_on_eos=False)
 # kappa = delta = 0 puts the threshold at the baseline mean, so drift fires often on a random model
@@ -68,17 +70,29 @@ def test_carry_keeps_budgets_and_reselects_without_a_dense_forward(tiny):
     assert len({tuple(c) for c in counts.values()}) == 1               # the auto budget of epoch 0, kept
 
 
+def fire_drift(state, hidden):
+    """Drive one sequence's monitor to a drift event with a hand-made signal (window 2): the forward
+    after the prefill sees two tokens opposite to the baseline."""
+    state.begin_forward(2)                                                 # monitored
+    state.observe_signal(-torch.eye(hidden)[[0, 0]])                       # window cosine -1 < tau
+    state.end_forward(2)
+
+
 def test_carry_mixes_per_token_statistics_across_epochs(tiny):
-    cfg = DartConfig(budget="uniform", keep_ratio=0.5, drift=DriftConfig(policy="carry", carry_weight=3.0))
-    engine = DartEngine(*tiny, cfg)
+    drift = DriftConfig(policy="carry", carry_weight=3.0, window=2, kappa=0.0, delta=0.0)
+    engine = DartEngine(*tiny, DartConfig(budget="uniform", keep_ratio=0.5, mask_step=0, drift=drift))
     try:
         state = engine.new_state()
-        width = engine.shape.width
+        width, hidden = engine.shape.width, engine.shape.hidden
         old = torch.arange(width, dtype=torch.float32).repeat(4, 1)        # prompt favours high ids
-        state.begin_forward(4)
+        state.begin_forward(4)                                             # prefill: masks form inside it
         state.observe_activations(0, old)
-        state._drift_fired = True                                          # as the monitor sets it
+        for layer in range(engine.shape.num_layers):
+            state.form_layer(layer)
+        state.observe_signal(torch.eye(hidden)[[0, 0, 0, 1]])              # two baseline windows: tau defined
         state.end_forward(4)
+        fire_drift(state, hidden)
+        assert state.drift_positions == [1]
         assert state.epoch == 1 and state.kept is None
         assert torch.allclose(state.carried[0], old.square().mean(0))     # mean square per token
         assert torch.equal(state.stat, torch.zeros_like(state.stat))

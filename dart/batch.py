@@ -1,0 +1,56 @@
+"""Rows in flight through one engine between forwards: what a decode loop or a scheduler holds."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .state import SequenceState
+
+
+class DecodeBatch:
+    """Each row's DART state, the rows' shared KV cache, and per row the attention mask over every
+    cached position and the position id of its next token.
+
+    Masks and positions are explicit per row, so rows need not share a length: a prompt may enter
+    in several chunks, and rows of different lengths may sit side by side (left padding, mask 0).
+    Rows may share one state (continuations of one prompt, see `select`).
+    """
+
+    def __init__(self, states: Sequence[SequenceState], cache: DynamicCache, attention_mask: torch.Tensor,
+                 positions: torch.Tensor) -> None:
+        self.states = list(states)
+        self.cache = cache
+        self.attention_mask = attention_mask     # [B, S] long: 1 at a row's cached tokens, 0 at padding
+        self.positions = positions               # [B] long: position id of each row's next token
+
+    @classmethod
+    def empty(cls, states: Sequence[SequenceState], cache: DynamicCache, device: torch.device) -> "DecodeBatch":
+        """Rows that have seen no token yet."""
+        rows = len(states)
+        return cls(states, cache, torch.zeros(rows, 0, dtype=torch.long, device=device),
+                   torch.zeros(rows, dtype=torch.long, device=device))
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Keep the rows at `indices`, in that order: drop finished rows, or fork a row by repeating its
+        index (the forks share its state and copy its cache). The other rows are left as they were."""
+        index = torch.tensor(list(indices), dtype=torch.long, device=self.attention_mask.device)
+        self.cache.batch_select_indices(index)
+        self.attention_mask, self.positions = self.attention_mask[index], self.positions[index]
+        self.states = [self.states[i] for i in indices]
+
+    def append(self, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention mask [B, S + T] and position ids [B, T] of T new tokens per row (token_mask [B, T]
+        bool, False at padding), numbered on from each row's next position."""
+        attention_mask = torch.cat([self.attention_mask, token_mask.long()], dim=1)
+        position_ids = self.positions[:, None] + (token_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return attention_mask, position_ids
+
+    def advance(self, attention_mask: torch.Tensor, token_mask: torch.Tensor) -> None:
+        """Record that the tokens of `append` are in the cache."""
+        self.attention_mask = attention_mask
+        self.positions = self.positions + token_mask.long().sum(-1)
