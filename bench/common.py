@@ -120,39 +120,25 @@ class HfDecoder:
 
 
 class EngineDecoder:
-    """Greedy decode through DartEngine's per-forward step (the loop of `DartEngine.generate`, one
-    token at a time, so variants can interleave)."""
+    """Greedy decode through DartEngine's public steps (`prefill`, then `decode_step` one token at a
+    time, so variants can interleave)."""
 
     def __init__(self, engine: DartEngine) -> None:
         self.engine = engine
 
-    @torch.inference_mode()
     def start(self, prompts: list[list[int]]) -> None:
-        engine = self.engine
-        engine._gather.clear()
-        self.states = [engine.new_state() for _ in prompts]
-        ids = torch.tensor(prompts, device=engine.device)
-        self.cache = DynamicCache(config=engine.model.config)
-        self.mask = torch.ones_like(ids)
-        positions = (self.mask.cumsum(-1) - 1)
-        logits = engine._step(self.states, ids, self.mask, positions, self.cache, self.mask.bool())
+        self.engine.release_gathered()          # the previous repetition's copies, before the prefill
+        logits, self.batch = self.engine.prefill(prompts)
         self.tokens = logits.argmax(-1)
-        self.position = ids.shape[1]
-        self.ones = torch.ones(len(prompts), 1, dtype=torch.bool, device=engine.device)
 
-    @torch.inference_mode()
     def step(self) -> None:
-        engine = self.engine
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
-        position = torch.full((len(self.mask), 1), self.position, device=engine.device)
-        logits = engine._step(self.states, self.tokens[:, None], self.mask, position, self.cache, self.ones)
-        self.tokens = logits.argmax(-1)
-        self.position += 1
+        self.tokens = self.engine.decode_step(self.batch, self.tokens).argmax(-1)
 
     def summary(self) -> dict:
         """Applied sparsity over generated tokens, share of forwards per FFN path, executed bytes."""
-        t = [self.engine.telemetry(s, 0, len(s.ledger.sparsity) - 1, 0.0, 0.0) for s in self.states]
-        forwards = sum(len(s.ledger.sparsity) for s in self.states)
+        states = self.batch.states
+        t = [self.engine.telemetry(s, 0, len(s.ledger.sparsity) - 1, 0.0, 0.0) for s in states]
+        forwards = sum(len(s.ledger.sparsity) for s in states)
         return {
             "applied_sparsity": statistics.fmean(x.applied_sparsity for x in t),
             "compact_share": sum(x.compact_forwards - x.union_forwards for x in t) / forwards,

@@ -18,6 +18,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from bench import common, decode, memory, overhead
 
+log = logging.getLogger(__name__)
+
 EIGHT_B = dict(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256)
 SMOKE = dict(layers=2, hidden=64, intermediate=224, heads=4, kv_heads=2, vocab=512)
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     model = build(**shape, device=device, dtype=dtype)
     tokenizer = common.null_tokenizer()
     proxies = common.engine_proxies(model, None)
-    logging.info("built %s in %.0f s", shape, time.perf_counter() - start)
+    log.info("built %s in %.0f s", shape, time.perf_counter() - start)
     label = f"random Llama-3.1-8B shape {shape} {dtype}, {common.machine()}"
     prompts_of = lambda b: common.random_prompts(shape["vocab"], b, args.prompt_tokens)   # noqa: E731
     args.batch, args.sparsity = [1, 8], [0.3, 0.5, 0.7]
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     computed = memory.computed_rows(memory.Shape.of("this model", model.config, model.dtype.itemsize), 0.5,
                                     args.prompt_tokens + args.tokens, args.prompt_tokens)
     common.write_table("Bench 4b (GPU script): computed memory figures", ["model", "figure", "MiB"], computed)
-    logging.info("total %.0f s", time.perf_counter() - start)
+    log.info("total %.0f s", time.perf_counter() - start)
 
 
 if __name__ == "__main__":

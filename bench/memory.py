@@ -17,7 +17,8 @@ import torch
 from bench import common
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.state import ModelShape, SequenceState
+from dart.accounting import ModelShape
+from dart.state import SequenceState
 
 MIB = 2 ** 20
 
