@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 from .config import JobConfig, dump_config
 from .model_check import check_model
 from .plan import WorkItem, plan_digest, plan_items
+from .provenance import Provenance
 from .preflight import check_inputs, find_duplicate_ids
 from .records import error_part
 from .schema import output_schema
@@ -33,6 +34,7 @@ class Job:
         self.fingerprint = config.fingerprint(plan_digest(plan))
         self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan,
                                self.schema, config.output.storage_options)
+        self.provenance = Provenance(self.run)
 
     @classmethod
     def open(cls, config: JobConfig) -> "Job":
@@ -57,6 +59,7 @@ class Job:
         todo = [it for it, m in zip(self.plan, markers) if m is None or (retry and it in failed)]
         if retry and failed:
             log.warning("retrying %d failed item(s) (control.retry_failed)", len(failed))
+        self.provenance.check_inputs(self.sources, anything_done=any(m is not None for m in markers))
         if len(todo) < len(self.plan):
             log.info("%d of %d work items already done; skipping them", len(self.plan) - len(todo), len(self.plan))
         return todo
@@ -75,8 +78,19 @@ class Job:
         return self.config.model_dump_json(), self.schema, self.fingerprint
 
     # ---- results -------------------------------------------------------------------------------
+    def check_models(self, fingerprints: set[str]) -> None:
+        """Refuses (ValueError) models whose weights are not those of the run's finished items."""
+        recorded = []
+        if self.provenance.model is None:
+            done = [it for it in self.plan if self.run.is_done(it)]
+            if done:
+                column = self.run.read(done, columns=["model_fingerprint"]).column("model_fingerprint")
+                recorded = sorted(v for v in pc.unique(column).to_pylist() if v)
+        self.provenance.check_model(fingerprints, recorded)
+
     def write_result(self, item: WorkItem, table: pa.Table, attempts: int) -> int:
         """A worker's part for the item; returns its generated tokens."""
+        self.check_models(set(pc.unique(table["model_fingerprint"]).to_pylist()) - {None})
         errors = table.num_rows - pc.sum(pc.equal(table["status"], "ok")).as_py()
         self.run.write_part(item, table, {"status": "done", "attempts": attempts, "error_rows": errors})
         return pc.sum(table["generated_tokens"]).as_py() or 0

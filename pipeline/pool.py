@@ -97,6 +97,12 @@ def start_actors(job: Job) -> list:
         raise RuntimeError(f"a worker failed to start (model load?): {err}") from None
     for info in infos:
         log.info("actor %s on node %s, device %s", info["actor_id"][:8], info["node_id"][:8], info["device"])
+    try:
+        job.check_models({info["model_fingerprint"] for info in infos})
+    except ValueError:
+        for actor in actors:
+            ray.kill(actor)
+        raise
     return actors
 
 

@@ -38,6 +38,9 @@ class RecordingJob:
     def worker_args(self):
         return self.real.worker_args()
 
+    def check_models(self, fingerprints):
+        self.models = fingerprints
+
     def rows(self, item):
         return self.real.rows(item)
 
@@ -64,3 +67,4 @@ def test_pool_works_through_the_job_alone(ray_cluster, tiny_model_dir, tmp_path)
     assert set(job.results) == {it.item_id for it in job.plan} - {failing}
     assert generated == sum(sum(t.column("generated_tokens").to_pylist()) for t in job.results.values()) > 0
     assert not list(job.real.run.parts.glob("*.parquet"))      # every write went through the job
+    assert len(job.models) == 1                                 # the actors' weights were shown to the job
