@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.config import load_config
 from pipeline.driver import run_job
+from pipeline.signals import Terminated
 from pipeline.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ def main(task: str, argv: list[str] | None = None) -> int:
     except ValueError as err:   # bad input or config found before any work
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except KeyboardInterrupt as err:   # Ctrl-C or SIGTERM: items finished so far are kept
+        name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
+        sys.stderr.write(f"stopped by {name}; finished items are kept: rerun the same command to resume\n")
+        return 143 if isinstance(err, Terminated) else 130
     state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
     sys.stdout.write(f"run {state}: {summary['run_dir']}\n"
                      f"parts: {summary['run_dir']}/parts/*.parquet\n{format_table(summary)}\n")

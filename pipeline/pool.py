@@ -12,6 +12,7 @@ from .config import JobConfig
 from .plan import WorkItem
 from .job import Job
 from .placement import check_placement
+from .signals import stop_on_sigterm
 from .worker import DartWorker
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def start_actors(job: Job) -> list:
 
     pool = job.config.pool
     connect_ray(job.config)
+    stop_on_sigterm()
     check_placement(pool)
     actor_cls = ray.remote(DartWorker).options(
         num_cpus=pool.cpus_per_actor, num_gpus=pool.num_gpus_per_actor,

@@ -124,8 +124,11 @@ def _job_env(ray_cluster) -> dict:
     return env
 
 
-def test_driver_killed_then_rerun_resumes(ray_cluster, reference, inputs, tiny_model_dir, tmp_path):
-    """`python -m jobs.summarize` SIGKILLed once some items are done; the rerun redoes only the rest."""
+@pytest.mark.parametrize("stop, exit_code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143),
+                                             (signal.SIGINT, 130)])
+def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, reference, inputs, tiny_model_dir, tmp_path):
+    """`python -m jobs.summarize` stopped once some items are done (killed, or asked to stop as
+    schedulers and Ctrl-C do); the rerun redoes only the rest."""
     out = tmp_path / "out"
     cfg = job_config("summarize", tiny_model_dir, inputs, out, testing={"delay_seconds": 0.5},
                      pool={"num_actors": 1, "cpus_per_actor": 1, "batch_size": 2})
@@ -143,13 +146,16 @@ def test_driver_killed_then_rerun_resumes(ray_cluster, reference, inputs, tiny_m
             assert time.time() < deadline, "the driver wrote no markers in 180 s"
             actors |= {p.pid for p in _our_workers()}
             time.sleep(0.05)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
+        driver.send_signal(stop)
+        assert driver.wait(timeout=60) == exit_code
     finally:
         if driver.poll() is None:
             driver.kill()
         log.close()
         _reap(actors)
+    said = (tmp_path / "driver.log").read_text()
+    if stop != signal.SIGKILL:     # a clean stop: one line, no stack dump
+        assert "finished items are kept" in said and "SIGTERM received" not in said and "Traceback" not in said
     done_before = {p.name: p.stat().st_mtime_ns for p in markers.glob("*.json")}
     assert 3 <= len(done_before) < 10
 
