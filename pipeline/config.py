@@ -75,7 +75,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
         try:
-            value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else None
+            value = plain_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ValueError(f"override {key}: cannot parse value {raw!r}: {err}") from None
         node = out
@@ -128,11 +128,19 @@ class ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def plain_yaml(text: str) -> Any:
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's top-level mapping (empty for an empty file)."""
     text = Path(path).read_text()
     try:
-        loaded = yaml.load(text, Loader=ConfigLoader)
+        loaded = plain_yaml(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not a plain YAML config: {err}") from None
     if loaded is not None and not isinstance(loaded, dict):

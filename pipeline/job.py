@@ -32,8 +32,12 @@ class Job:
         passthrough = [sources[0].schema.field(c) for c in config.input.passthrough_columns] if sources else []
         self.schema: pa.Schema = output_schema(config.task, passthrough)
         self.fingerprint = config.fingerprint(plan_digest(plan))
-        self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan,
-                               self.schema, config.output.storage_options)
+        try:
+            self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan,
+                                   self.schema, config.output.storage_options)
+        except OSError as err:
+            raise ValueError(f"output.dir {config.output.dir!r} cannot hold a run ({type(err).__name__}: "
+                             f"{err.strerror or err}); choose a writable folder or an object-store URI") from None
         self.provenance = Provenance(self.run)
 
     @classmethod

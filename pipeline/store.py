@@ -122,6 +122,8 @@ class RunDir:
                 return json.loads(raw)
         try:
             marker = json.loads(raw)
+            if "part_sha256" not in marker and "run" not in marker:
+                marker, raw = self.upgraded_marker(item, marker)
             problem = self.marker_problem(item, marker)
         except Exception as err:
             problem, marker = f"unreadable marker or part ({type(err).__name__}: {err})", None
@@ -130,6 +132,22 @@ class RunDir:
             return None
         self.verified[item.item_id] = (raw, marker["part_size"])
         return marker
+
+    def upgraded_marker(self, item: WorkItem, legacy: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """A marker written before markers had checksums: its part counts as done when it holds the
+        item's rows in the declared schema, and gets a checksummed marker from now on (written only
+        by the driver holding the run), so finished runs resume instead of recomputing."""
+        data = self.storage.read(self.part_key(item))
+        if data is None:
+            return legacy, b""
+        table = pq.read_table(pa.BufferReader(data))
+        marker = {**legacy, "run": self.name, "rows": table.num_rows, "part_size": len(data),
+                  "part_sha256": hashlib.sha256(data).hexdigest(), "ids_sha256": ids_digest(table)}
+        raw = json_bytes(marker)
+        if self.holder is not None and self.marker_problem(item, marker) is None:
+            self.storage.write(self.marker_key(item), raw)
+            log.info("item %s: marker of an earlier version upgraded with its part's checksum", item.item_id)
+        return marker, raw
 
     def is_done(self, item: WorkItem) -> bool:
         return self.done_marker(item) is not None

@@ -1,6 +1,8 @@
 """The run object: what the pool works through, and the only thing it talks to."""
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 from pipeline.job import Job
@@ -25,6 +27,22 @@ def test_job_plans_and_resumes_from_its_run_directory(tmp_path, tiny_model_dir):
     for item in again.unfinished():
         again.write_failure(item, again.rows(item), "RuntimeError: boom", 2)
     assert again.close({})["complete"] and (again.run.root / "_SUCCESS").exists()
+
+
+def test_markers_of_an_earlier_version_are_upgraded_not_redone(tmp_path, tiny_model_dir):
+    paths = write_docs(tmp_path / "in")
+    config = job_config("summarize", tiny_model_dir, paths, tmp_path / "out")
+    job = Job.open(config)
+    for item in job.plan[:2]:
+        job.write_failure(item, job.rows(item), "RuntimeError: boom", 2)
+        legacy = {"item": item.to_dict(), "rows": item.num_rows, "status": "failed", "attempts": 2}
+        job.run.marker_path(item).write_text(json.dumps(legacy))
+    job.run.part_path(job.plan[1]).write_bytes(job.run.part_path(job.plan[0]).read_bytes())  # wrong rows
+    again = Job.open(config)
+    with again.run.lock():
+        assert again.unfinished() == again.plan[1:]
+    upgraded = json.loads(again.run.marker_path(again.plan[0]).read_text())
+    assert upgraded["part_sha256"] and upgraded["run"] == again.run.name and upgraded["status"] == "failed"
 
 
 class RecordingJob:

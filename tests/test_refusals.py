@@ -49,12 +49,36 @@ def test_yaml_that_is_not_plain_data_is_refused(capsys, tmp_path, text, says):
     ("model.source=/nonexistent/model", "model.source: model directory '/nonexistent/model' does not exist"),
     ("model.source=/nonexistent/weights.gguf", "GGUF file '/nonexistent/weights.gguf' does not exist"),
 ])
-def test_settings_that_can_never_run_are_refused(capsys, tiny_args, override, says):
-    import ray
-
+def test_settings_that_can_never_run_are_refused(capsys, monkeypatch, tiny_args, override, says):
+    monkeypatch.setattr("pipeline.driver.run_items", no_work)
     code, err = run_cli(capsys, "summarize", [*tiny_args, override])
     assert code == 2 and err.startswith("error: ") and says in err and "Traceback" not in err
-    assert not ray.is_initialized()
+
+
+def no_work(*args):
+    raise AssertionError("work started (Ray, actors) although the job should have been refused")
+
+
+@pytest.mark.parametrize("where", ["a file", "under /proc", "a read-only folder"])
+def test_unusable_output_location_is_refused(capsys, monkeypatch, tiny_args, tmp_path, where):
+    monkeypatch.setattr("pipeline.driver.run_items", no_work)
+    if where == "a file":
+        out = tmp_path / "taken"
+        out.write_text("")
+    elif where == "under /proc":
+        out = "/proc/dart-outputs"
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        out = folder / "out"
+        monkeypatch.setattr("os.mkdir", read_only_mkdir)      # root ignores permission bits
+    code, err = run_cli(capsys, "summarize", [*tiny_args, f"output.dir={out}"])
+    assert code == 2 and err.startswith("error: output.dir") and "cannot hold a run" in err
+
+
+def read_only_mkdir(path, *args, **kwargs):
+    raise PermissionError(13, "Permission denied", str(path))
 
 
 def test_input_with_a_repeated_column_name_is_refused(capsys, tiny_args, tmp_path):

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from dart.config import FrozenModel
 
-from ..config import JobConfig, apply_overrides, parse_config, validation_message
+from ..config import JobConfig, apply_overrides, parse_config, read_yaml, validation_message
 
 NAME = r"^[A-Za-z0-9_.+-]+$"
 
@@ -135,10 +134,7 @@ def expand(study: StudyConfig) -> list[StudyRun]:
 
 def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """Read a study YAML, apply `key=value` overrides (e.g. study.limit=16), validate every run."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(read_yaml(path), list(overrides))
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
