@@ -23,7 +23,7 @@ from dart.engine import DartEngine
 from dart.loading import load_model, model_fingerprint
 from pipeline.config import load_config
 from pipeline.driver import run_job
-from pipeline.tasks import SummarizeTask
+from pipeline.tasks.summarize import SummarizeTask
 
 BENCH_OVERRIDES = ["pool.num_actors=1", "pool.cpus_per_actor=1", "pool.local_num_cpus=1", "control.progress=false"]
 
@@ -32,9 +32,10 @@ def bare_engine(config, documents: list[dict]) -> float:
     """Seconds for the bare engine: load, build the same prompts, generate in the job's batches."""
     start = time.perf_counter()
     model, tokenizer = load_model(config.model)
-    engine = DartEngine(model, tokenizer, config.dart, fingerprint=model_fingerprint(model))
+    engine = DartEngine(model, tokenizer, config.dart, fingerprint=model_fingerprint(model),
+                        cache_dir=config.model.cache_dir)
     try:
-        task = SummarizeTask(config, tokenizer, engine)
+        task = SummarizeTask(config.task_context(), tokenizer, engine)
         prompts = [task.prepare(row)[0].ids for row in documents]
         size = config.pool.batch_size
         for first in range(0, len(prompts), size):

@@ -1,9 +1,10 @@
 """Typed, validated settings of the DART engine (DART_SPEC.md sections 2-6)."""
 from __future__ import annotations
 
-from typing import Literal
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .per_layer import check_per_layer_syntax
 
@@ -15,8 +16,23 @@ FfnPath = Literal["auto", "masked", "compact"]
 RemaskPolicy = Literal["reset", "carry"]
 
 
+def takes_numbers_only(annotation: Any) -> bool:
+    """Whether a field's type admits int or float but not bool (pydantic would read true as 1)."""
+    kinds = set(typing.get_args(annotation)) if typing.get_args(annotation) else {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
+
+
 class FrozenModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Base of every config: frozen, unknown keys refused, numbers finite and never true/false."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and takes_numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
 class AutoBudgetConfig(FrozenModel):
@@ -57,10 +73,9 @@ class DriftConfig(FrozenModel):
         "every neuron once and join the new epoch's statistics, so its masks form from more than the one token "
         "after the event (0: none, as the paper).")
     policy: RemaskPolicy = Field(
-        "carry", description="What a new epoch keeps: 'carry' (default; the best or tied-best policy measured on "
-        "XSum and Quoref, docs/studies/remask_policies) keeps the budgets and mixes the old epoch's per-token scores "
-        "into the new epoch's, with no dense forward; 'reset' clears scores and budgets (the paper's policy, "
-        "DART_SPEC section 6).")
+        "carry", description="What a new epoch keeps: 'carry' (default) keeps the budgets and mixes the old "
+        "epoch's per-token scores into the new epoch's, with no dense forward; 'reset' clears scores and budgets "
+        "(the paper's policy, DART_SPEC section 6).")
     carry_weight: float = Field(1.0, ge=0, description="Under 'carry': weight of the old epoch's per-token "
                                 "statistic against the new epoch's tokens (1: equal).")
 
@@ -128,11 +143,24 @@ class DartConfig(FrozenModel):
         return 1.0 - self.keep_ratio
 
 
+MIN_TEMPERATURE = 1e-4
+MIN_TOP_P = 1e-6
+
+
 class GenerationConfig(FrozenModel):
     """Decoding settings shared by every row of a batch."""
 
     max_new_tokens: int = Field(64, ge=1, description="Tokens to generate at most.")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy; > 0 samples.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float = Field(0.0, ge=0, description=f"0 = greedy; from {MIN_TEMPERATURE} on, samples.")
+    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1, description="Nucleus sampling mass (at least "
+                         f"{MIN_TOP_P}: below it the float32 probabilities it is compared with underflow).")
     seed: int = Field(0, description="Base seed; each row samples from its own generator.")
     stop_on_eos: bool = Field(True, description="Stop a row at the tokenizer's EOS tokens.")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_samples(cls, v: float) -> float:
+        if 0 < v < MIN_TEMPERATURE:   # logits / temperature overflow to inf, and sampling to NaN
+            raise ValueError(f"temperature {v} is below {MIN_TEMPERATURE} and would overflow the logits; "
+                             "use 0 for greedy decoding")
+        return v

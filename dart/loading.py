@@ -11,7 +11,6 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -27,7 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, ModelConfig, cache_root
+from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, HUB_ID_PATTERN, ModelConfig, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ EMBEDDED_SHAPE = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_siz
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FINGERPRINT_SAMPLES = 1024
-
-_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,7 +108,7 @@ def _locate(cfg: ModelConfig) -> tuple[str, str | None, bool]:
         return str(path), None, False
     if path.exists():
         raise ValueError(f"model.source {source!r} is a file; give a model directory, a .gguf file or a hub id")
-    if not _HUB_ID_RE.fullmatch(source):
+    if not HUB_ID_PATTERN.fullmatch(source):
         raise ValueError(f"model path {str(path)!r} does not exist (cwd {os.getcwd()}); fix model.source")
     return source, None, True
 

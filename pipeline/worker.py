@@ -41,7 +41,8 @@ class DartWorker:
             torch.set_num_threads(self.config.pool.cpus_per_actor)
         model, tokenizer = load_model(self.config.model)
         self.model_fingerprint = model_fingerprint(model)
-        self.engine = DartEngine(model, tokenizer, self.config.dart, fingerprint=self.model_fingerprint)
+        self.engine = DartEngine(model, tokenizer, self.config.dart, fingerprint=self.model_fingerprint,
+                                 cache_dir=self.config.model.cache_dir)
         self.task = TASKS[self.config.task].runner(self.config.task_context(), tokenizer, self.engine)
         self.actor_id, self.node_id = runtime_ids()
         self.device = str(self.engine.device)

@@ -44,6 +44,11 @@ def test_yaml_that_is_not_plain_data_is_refused(capsys, tmp_path, text, says):
 
 @pytest.mark.parametrize("override, says", [
     ("control.log_level=LOUD", "control.log_level"),
+    ("pool.cpus_per_actor=true", "pool.cpus_per_actor: Value error, expected a number, got true"),
+    ("dart.keep_ratio=.inf", "dart.keep_ratio: Input should be a finite number"),
+    ("dart.drift.kappa=.nan", "dart.drift.kappa: Input should be a finite number"),
+    ("generation.temperature=1e-30", "generation.temperature: Value error, temperature 1e-30 is below"),
+    ("generation.top_p=1e-300", "generation.top_p: Input should be greater than or equal to"),
     ("generation.max_new_tokens=100000", "generation.max_new_tokens=100000 does not fit the model's context of 256"),
     ("summarize.max_document_tokens=300", "summarize.max_document_tokens=300 does not fit"),
     ("model.source=/nonexistent/model", "model.source: model directory '/nonexistent/model' does not exist"),
