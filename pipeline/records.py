@@ -33,6 +33,9 @@ def python_rows(rows: pa.Table) -> tuple[list[dict[str, Any]], list[str | None]]
     return records, problems
 
 
+TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view(), pa.binary(), pa.large_binary(), pa.binary_view())
+
+
 def id_strings(ids: pa.Array | pa.ChunkedArray, id_column: str, where: str = "") -> tuple[pa.Array, dict[int, str]]:
     """The one rule for ids, in the duplicate check and in the output alike: text as it is, binary
     decoded as UTF-8, numbers as Arrow writes them (5 -> "5"). Returns (strings, problems): an id
@@ -56,9 +59,6 @@ def id_strings(ids: pa.Array | pa.ChunkedArray, id_column: str, where: str = "")
         pass
     raise ValueError(f"id column {id_column!r}{where} has type {kind}; ids must be text, UTF-8 binary or "
                      "numbers (or set input.id_column: null)")
-
-
-TEXT_TYPES = (pa.string(), pa.large_string(), pa.string_view(), pa.binary(), pa.large_binary(), pa.binary_view())
 
 
 def decode_each(ids: pa.Array, id_column: str) -> tuple[pa.Array, dict[int, str]]:
