@@ -18,10 +18,11 @@ class ModelShape:
 class FfnExecution:
     """How one forward ran the FFN, as seen by one sequence in it (dart.compact names the paths)."""
 
-    path: str = "masked"                  # masked | compact | union
+    path: str = "masked"                  # masked | compact | union | rowwise
     widths: list[int] | None = None       # neurons computed per layer; None: all N
     mask_elements: int = 0                # mask multiplies per token (masked and union paths)
     sequences: int = 1                    # distinct sequences sharing the forward's weight reads
+    reads_alone: bool = False             # rowwise: this sequence's gathered weights are read for it alone
 
 
 DENSE_FFN = FfnExecution()
@@ -38,7 +39,7 @@ def overhead_flops(phase: ForwardPhase, tokens: int, shape: ModelShape, mask_ele
     L, N, d = shape.num_layers, shape.width, shape.hidden
     flops = tokens * mask_elements + formed_layers * (4 * N + N * max(1, N.bit_length()))
     flops += replayed * L * N * (4 * d + 3)
-    if phase.calibrate:
+    if phase.calibrate or phase.accumulate:
         flops += 3 * tokens * L * N
     if residual:
         flops += 10 * tokens * L * d
@@ -53,6 +54,7 @@ class ForwardLedger:
     weight bytes read (each forward's reads shared evenly among its sequences) and DART's overhead."""
 
     sparsity: list[float] = field(default_factory=list)     # per forward, for its last token
+    tokens: list[int] = field(default_factory=list)         # per forward, its real tokens
     flops_dense: int = 0
     flops_kept: int = 0
     flops_executed: int = 0
@@ -61,6 +63,7 @@ class ForwardLedger:
     overhead_flops: int = 0
     compact_forwards: int = 0
     union_forwards: int = 0
+    rowwise_forwards: int = 0
 
     def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, execution: FfnExecution,
                overhead: int = 0) -> None:
@@ -68,13 +71,20 @@ class ForwardLedger:
         kept = sum(kept_counts)
         executed = dense if execution.widths is None else sum(execution.widths)
         self.sparsity.append(1.0 - kept / dense)
+        self.tokens.append(tokens)
         per_neuron = 6 * shape.hidden * tokens             # gate, up, down: 3 matmuls of d per neuron
         self.flops_dense += per_neuron * dense
         self.flops_kept += per_neuron * kept
         self.flops_executed += per_neuron * executed
         neuron_bytes = 3 * shape.hidden * shape.weight_bytes
         self.bytes_dense += neuron_bytes * dense // execution.sequences
-        self.bytes_executed += neuron_bytes * executed // execution.sequences
+        self.bytes_executed += neuron_bytes * executed // (1 if execution.reads_alone else execution.sequences)
         self.overhead_flops += overhead
         self.compact_forwards += int(execution.path != "masked")
         self.union_forwards += int(execution.path == "union")
+        self.rowwise_forwards += int(execution.path == "rowwise")
+
+    def prompt_sparsity(self, forwards: int) -> float:
+        """Token-weighted FFN sparsity applied to the tokens of the first `forwards` forwards (the prompt)."""
+        tokens = sum(self.tokens[:forwards])
+        return sum(s * t for s, t in zip(self.sparsity[:forwards], self.tokens[:forwards])) / tokens if tokens else 0.0

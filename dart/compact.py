@@ -10,8 +10,10 @@ Paths of one forward (`choose_path`):
   inside U: one matmul for the batch, reading |U|/N of the dense bytes. Pays when the rows' masks
   overlap (DART's proxies weigh the same neurons for every prompt).
 * `masked`: dense matmuls times the [B, L, N] masks (calibrating rows, or a union near N).
-Per-row gathered matmuls (G groups read G*k/N of the dense bytes) are not offered: at G >= 2 they
-never beat the union, which reads at most min(1, G*k/N).
+* `rowwise` (prompt blocks only, docs/prefill.md): each row's real tokens run on its own gathered
+  weights. In decode (one token per row) it never beats the union, which reads at most min(1, G*k/N)
+  of the bytes; a prompt block is compute-bound, and there each row computes only T_b * k_b
+  neuron-tokens against B * T * |U| for the union, so the path is chosen by that count.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class CompactWeights:
     up_bias: torch.Tensor | None
     down_bias: torch.Tensor | None
     row_mask: torch.Tensor | None = None   # [B, 1, k] keep mask of each row inside the gathered set
+    ids: torch.Tensor | None = None        # [k] the gathered neuron ids (sorted)
 
     @property
     def width(self) -> int:
@@ -57,15 +60,27 @@ def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None
     gate, gate_bias = rows(mlp.gate_proj)
     up, up_bias = rows(mlp.up_proj)
     down = mlp.down_proj.weight.index_select(1, kept).contiguous()
-    return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask)
+    return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept)
+
+
+def compact_activations(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
+    """act(W_gate[K] x) * W_up[K] x for hidden [..., d]: [..., k]; rows masked inside K if given."""
+    act = mlp.act_fn(F.linear(hidden, weights.gate, weights.gate_bias)) * F.linear(hidden, weights.up, weights.up_bias)
+    if weights.row_mask is not None:
+        act = act * weights.row_mask                                     # [B, T, k] * [B, 1, k]
+    return act
 
 
 def compact_ffn(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
     """y = W_down[:, K] (act(W_gate[K] x) * W_up[K] x) for hidden [B, T, d]; rows masked inside K if given."""
-    act = mlp.act_fn(F.linear(hidden, weights.gate, weights.gate_bias)) * F.linear(hidden, weights.up, weights.up_bias)
-    if weights.row_mask is not None:
-        act = act * weights.row_mask                                     # [B, T, k] * [B, 1, k]
-    return F.linear(act, weights.down, weights.down_bias)
+    return F.linear(compact_activations(mlp, hidden, weights), weights.down, weights.down_bias)
+
+
+def scatter_activations(act: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Activations of gathered neurons [T, k] placed among all N neurons [T, N] float32 (0 elsewhere)."""
+    full = torch.zeros(act.shape[0], width, dtype=torch.float32, device=act.device)
+    full[:, ids] = act.float()
+    return full
 
 
 def union_kept(kept_sets: list[list[torch.Tensor]], width: int) -> list[torch.Tensor]:
@@ -91,17 +106,30 @@ def choose_path(groups: int, gathered_fraction: float, path: str) -> str:
     return "masked"
 
 
+def choose_block_path(costs: dict[str, float], path: str) -> str:
+    """FFN path of a prompt block from the neuron-token products each path computes per layer
+    (`masked`: every padded token times N; the gathered ones: `union` or `compact`, and `rowwise`)."""
+    if path == "masked":
+        return "masked"
+    gathered = {name: cost for name, cost in costs.items() if name != "masked"}
+    best = min(gathered, key=gathered.__getitem__)
+    if path == "compact" or gathered[best] < AUTO_MAX_FRACTION * costs["masked"]:
+        return best
+    return "masked"
+
+
 @dataclass(frozen=True)
 class FfnPlan:
     """The FFN path of one forward and, off the masked path, its gathered weights per layer."""
 
-    path: str                                        # masked | compact | union
+    path: str                                        # masked | compact | union | rowwise
     weights: list[CompactWeights] | None = None
     widths: list[int] | None = None                  # gathered neurons per layer
+    row_weights: list[list[CompactWeights] | None] | None = None   # rowwise: per row (None: idle), per layer
 
     @property
     def gathered(self) -> bool:
-        return self.weights is not None
+        return self.weights is not None or self.row_weights is not None
 
 
 MASKED = FfnPlan("masked")
@@ -115,41 +143,79 @@ class GatherCache:
         self.mlps, self.ffn_path, self.dtype = mlps, ffn_path, dtype
         self._key: tuple = ()
         self._plan = MASKED
+        self._rows: dict[tuple[int, int], list[CompactWeights]] = {}   # rowwise: (uid, mask_version) -> weights
 
     def clear(self) -> None:
-        self._key, self._plan = (), MASKED
+        self._key, self._plan, self._rows = (), MASKED, {}
 
-    def plan(self, states: list[SequenceState], phases: list[ForwardPhase]) -> FfnPlan:
+    def plan(self, states: list[SequenceState], phases: list[ForwardPhase], token_mask: torch.Tensor) -> FfnPlan:
+        """The FFN path of a forward (token_mask [B, T] bool). Rows without a token in it (past the end of
+        their prompt in a block-wise prefill) take no part; a multi-token forward whose rows hold several
+        kept sets (a prompt block) is planned by the neuron-tokens each path computes."""
         if self.ffn_path == "masked":
             return MASKED
-        plain = all(p.masked and not (p.calibrate or p.form_in_forward) and s.kept is not None
-                    for s, p in zip(states, phases))
-        if not plain:
+        counts = token_mask.sum(-1).tolist()
+        active = tuple(b for b, count in enumerate(counts) if count)
+        if not all(phases[b].masked and not (phases[b].calibrate or phases[b].form_in_forward)
+                   and states[b].kept is not None for b in active):
             return MASKED
-        key = tuple((s.uid, s.mask_version) for s in states)
+        path = None
+        if token_mask.shape[1] > 1 and (len(active) < len(states) or len({states[b].uid for b in active}) > 1):
+            path = self._block_path(states, active, counts, token_mask.shape[1])
+            if path in ("masked", "rowwise"):
+                return MASKED if path == "masked" else self._rowwise(states, active)
+        else:
+            self._rows = {}                             # rowwise copies serve prompt blocks only
+        key = (path, active, tuple((s.uid, s.mask_version) for s in states))
         if key != self._key:
             self._key, self._plan = (), MASKED          # free the old copies before gathering new ones
-            self._key, self._plan = key, self._build(states)
+            self._key, self._plan = key, self._build(states, active, path)
         return self._plan
 
-    def _build(self, states: list[SequenceState]) -> FfnPlan:
-        groups = list({s.uid: s for s in states}.values())
+    def _block_path(self, states: list[SequenceState], active: tuple[int, ...], counts: list[int], tokens: int) -> str:
+        """masked, compact/union or rowwise for a prompt block, by neuron-tokens per layer."""
+        width, layers = states[0].shape.width, states[0].shape.num_layers
+        kept_sets = list({states[b].uid: states[b].kept for b in active}.values())
+        union = kept_sets[0] if len(kept_sets) == 1 else union_kept(kept_sets, width)
+        padded = len(states) * tokens                   # the masked and union paths compute padding too
+        costs = {"masked": padded * width, "union": padded * sum(int(k.numel()) for k in union) / layers,
+                 "rowwise": sum(counts[b] * sum(int(k.numel()) for k in states[b].kept) for b in active) / layers}
+        path = choose_block_path(costs, self.ffn_path)
+        return "compact" if path == "union" and len(kept_sets) == 1 else path
+
+    def _rowwise(self, states: list[SequenceState], active: tuple[int, ...]) -> FfnPlan:
+        """Each active row's own gathered weights, kept per mask set across the blocks of a prefill."""
+        wanted = {(states[b].uid, states[b].mask_version) for b in active}
+        self._rows = {key: weights for key, weights in self._rows.items() if key in wanted}
+        row_weights: list[list[CompactWeights] | None] = [None] * len(states)
+        for b in active:
+            key = (states[b].uid, states[b].mask_version)
+            if key not in self._rows:
+                self._rows[key] = [gather_layer(mlp, ids.to(mlp.gate_proj.weight.device))
+                                   for mlp, ids in zip(self.mlps, states[b].kept)]
+            row_weights[b] = self._rows[key]
+        return FfnPlan("rowwise", row_weights=row_weights)
+
+    def _build(self, states: list[SequenceState], active: tuple[int, ...], path: str | None) -> FfnPlan:
+        groups = list({states[b].uid: states[b] for b in active}.values())
         width = groups[0].shape.width
         kept = groups[0].kept if len(groups) == 1 else union_kept([s.kept for s in groups], width)
         widths = [int(k.numel()) for k in kept]
-        path = choose_path(len(groups), sum(widths) / (len(widths) * width), self.ffn_path)
+        if path is None:
+            path = choose_path(len(groups), sum(widths) / (len(widths) * width), self.ffn_path)
         if path == "masked":
             return MASKED
         weights = []
         for layer, (mlp, ids) in enumerate(zip(self.mlps, kept)):
             ids = ids.to(mlp.gate_proj.weight.device)
-            row_mask = None if path == "compact" else self._row_mask(states, layer, ids, width)
+            row_mask = None if path == "compact" else self._row_mask(states, active, layer, ids, width)
             weights.append(gather_layer(mlp, ids, row_mask))
         return FfnPlan(path, weights, widths)
 
-    def _row_mask(self, states: list[SequenceState], layer: int, ids: torch.Tensor, width: int) -> torch.Tensor:
-        """[B, 1, |U|]: 1 where row b keeps the union's neuron, in the model dtype."""
+    def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,
+                  width: int) -> torch.Tensor:
+        """[B, 1, |U|]: 1 where row b keeps the union's neuron (0 for rows without tokens), in the model dtype."""
         masks = torch.zeros(len(states), width, dtype=self.dtype, device=ids.device)
-        for b, state in enumerate(states):
-            masks[b].index_fill_(0, state.kept[layer].to(ids.device), 1)
+        for b in active:
+            masks[b].index_fill_(0, states[b].kept[layer].to(ids.device), 1)
         return masks[:, None, :].index_select(2, ids)

@@ -14,6 +14,7 @@ Selection = Literal["topk", "mean_threshold"]
 BudgetKind = Literal["uniform", "per_layer", "auto"]
 FfnPath = Literal["auto", "masked", "compact"]
 RemaskPolicy = Literal["reset", "carry"]
+PrefillMode = Literal["dense", "blockwise"]
 
 
 def takes_numbers_only(annotation: Any) -> bool:
@@ -80,6 +81,23 @@ class DriftConfig(FrozenModel):
                                 "statistic against the new epoch's tokens (1: equal).")
 
 
+class PrefillConfig(FrozenModel):
+    """How the prompt runs (docs/prefill.md): in one dense forward, or in blocks pruned by DART."""
+
+    mode: PrefillMode = Field("dense", description="dense: the prompt is one forward that calibrates (DART_SPEC); "
+                              "blockwise: the prompt runs in blocks through the KV cache, the first calibrating "
+                              "and the following ones on each row's kept neurons.")
+    block_tokens: int = Field(64, description="blockwise: real prompt tokens per block and row (at least 1); a "
+                              "block at least as long as the prompt runs it as dense mode does.")
+
+    @field_validator("block_tokens")
+    @classmethod
+    def _block_tokens_positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"prefill.block_tokens must be at least 1 (prompt tokens per block), got {v}")
+        return v
+
+
 class DartConfig(FrozenModel):
     """How one model prunes its FFN neurons. Parsed once at the boundary, then passed down."""
 
@@ -98,6 +116,7 @@ class DartConfig(FrozenModel):
     ffn_path: FfnPath = Field("auto", description="masked multiplies by masks; compact computes only the "
                               "kept neurons (rows sharing one mask); auto picks per forward between masked, "
                               "compact and the union of the rows' kept neurons, by the weight bytes each reads.")
+    prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Dense or block-wise prompt.")
 
     @field_validator("keep_ratio")
     @classmethod
@@ -119,7 +138,14 @@ class DartConfig(FrozenModel):
             raise ValueError("budget 'per_layer' needs per_layer (e.g. '0:0.9,1-5:0.5')")
         if self.per_layer is not None:
             check_per_layer_syntax(self.per_layer)
+        if self.prefill.mode == "blockwise" and not self.prunes:
+            raise ValueError("prefill.mode 'blockwise' needs a method that prunes (static, griffin or dart); "
+                             "method 'dense' prunes nothing")
         return self
+
+    @property
+    def blockwise(self) -> bool:
+        return self.prefill.mode == "blockwise"
 
     @property
     def prunes(self) -> bool:

@@ -15,12 +15,13 @@ from .compact import FfnPlan, GatherCache
 from .config import DartConfig, GenerationConfig
 from .model_config import cache_root
 from .patch import Runtime, check_supported, decoder_layers, patch_model, unpatch_model
-from .phase import ForwardPhase
+from .phase import IDLE, ForwardPhase
+from .prefill import block_count, run_blocks
 from .proxies import Proxies, load_or_compute
 from .runtime import ForwardPass, batch_masks
 from .sampling import eos_token_ids, next_tokens, row_generator
 from .state import SequenceState
-from .telemetry import ContinuationScores, GenerationResult, SequenceTelemetry
+from .telemetry import ContinuationScores, GenerationResult, SequenceTelemetry, sequence_telemetry
 
 
 class DartEngine:
@@ -90,9 +91,10 @@ class DartEngine:
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]], states: Sequence[SequenceState] | None = None
                 ) -> tuple[torch.Tensor, DecodeBatch]:
-        """Run token-id prompts, left-padded to one width, as the first forward of new rows (`states`:
-        fresh ones from `new_state`, made here if not given). Returns the next-token logits [B, V]
-        (float32) and the batch to decode from."""
+        """Run token-id prompts, left-padded to one width, as the first forward of new rows, or under
+        `prefill.mode: blockwise` as its first forwards, one per block (`states`: fresh ones from
+        `new_state`, made here if not given). Returns the next-token logits [B, V] (float32) and the
+        batch to decode from."""
         if not prompts:
             raise ValueError("prefill needs at least one prompt")
         for prompt in prompts:
@@ -100,14 +102,14 @@ class DartEngine:
         states = [self.new_state() for _ in prompts] if states is None else list(states)
         if len(states) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(states)} states: give one state per prompt")
-        rows, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=self.device)
-        token_mask = torch.zeros((rows, width), dtype=torch.bool, device=self.device)
-        for b, prompt in enumerate(prompts):
-            input_ids[b, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-            token_mask[b, width - len(prompt):] = True
+        blockwise = self.config.blockwise
+        size = self.config.prefill.block_tokens if blockwise else max(len(p) for p in prompts)
+        for state, prompt in zip(states, prompts):
+            state.prompt_forwards = block_count(len(prompt), size)
         batch = DecodeBatch.empty(states, DynamicCache(config=self.model.config), self.device)
-        return self._step(batch, input_ids, token_mask), batch
+        logits = run_blocks(lambda ids, mask: self._step(batch, ids, mask, prompt_block=blockwise), prompts, size,
+                            self.pad_id, self.device)
+        return logits, batch
 
     @torch.inference_mode()
     def decode_step(self, batch: DecodeBatch, tokens: torch.Tensor) -> torch.Tensor:
@@ -126,10 +128,13 @@ class DartEngine:
         phases = [phase_of[s.uid] for s in batch.states]
         return self._run(batch, phases, input_ids, token_mask, all_logits=True)
 
-    def _step(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """One forward that advances every row's schedule; returns last-position logits [B, V]."""
+    def _step(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor,
+              prompt_block: bool = False) -> torch.Tensor:
+        """One forward that advances the schedule of every row with a token in it; returns last-position
+        logits [B, V]."""
         tokens = self._tokens_per_state(batch.states, token_mask)
-        phase_of = {uid: state.begin_forward(count) for uid, (state, count) in tokens.items()}
+        phase_of = {uid: state.begin_forward(count, prompt_block) if count else IDLE
+                    for uid, (state, count) in tokens.items()}
         phases = [phase_of[s.uid] for s in batch.states]
         return self._run(batch, phases, input_ids, token_mask)[:, -1]
 
@@ -149,7 +154,8 @@ class DartEngine:
                                           batch.cache, token_mask, all_logits)
         batch.advance(attention_mask, token_mask)
         for state, count in self._tokens_per_state(batch.states, token_mask).values():
-            state.end_forward(count, execution)
+            if count:
+                state.end_forward(count, execution[state.uid])
         return logits
 
     # ---- one forward ----------------------------------------------------------------------
@@ -162,24 +168,30 @@ class DartEngine:
         return self._mask_cache[1]
 
     def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, all_logits=False):
-        plan = self._gather.plan(states, phases)
+        plan = self._gather.plan(states, phases, token_mask)
         masks = None if plan.gathered else self._masks(states, phases)
-        self.runtime.current = ForwardPass(states, phases, token_mask, masks, plan.weights)
+        self.runtime.current = ForwardPass(states, phases, token_mask, masks, plan.weights, plan.row_weights)
         try:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
         finally:
             self.runtime.current = None
-        return out.logits.float(), self._execution(states, plan, masks)
+        return out.logits.float(), self._execution(states, plan, masks, token_mask)
 
-    def _execution(self, states, plan: FfnPlan, masks: torch.Tensor | None) -> FfnExecution:
-        """What the forward just run computed in the FFN, for each row's ledger."""
-        sequences = len({s.uid for s in states})
+    def _execution(self, states, plan: FfnPlan, masks: torch.Tensor | None, token_mask) -> dict[int, FfnExecution]:
+        """What the forward just run computed in the FFN, for each row's ledger: {uid: execution}."""
+        active = [s for s, count in zip(states, token_mask.any(-1).tolist()) if count]
+        sequences = len({s.uid for s in active})
+        if plan.path == "rowwise":          # each row reads its own gathered weights
+            return {s.uid: FfnExecution("rowwise", [int(k.numel()) for k in s.kept], 0, sequences, reads_alone=True)
+                    for s in active}
         if plan.path == "masked":
             elements = 0 if masks is None else self.shape.num_layers * self.shape.width
-            return FfnExecution("masked", None, elements, sequences)
-        elements = sum(plan.widths) if plan.path == "union" else 0
-        return FfnExecution(plan.path, plan.widths, elements, sequences)
+            execution = FfnExecution("masked", None, elements, sequences)
+        else:
+            execution = FfnExecution(plan.path, plan.widths, sum(plan.widths) if plan.path == "union" else 0,
+                                     sequences)
+        return {s.uid: execution for s in states}
 
     # ---- generation -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -269,20 +281,6 @@ class DartEngine:
     # ---- telemetry ------------------------------------------------------------------------
     def telemetry(self, state: SequenceState, prompt_tokens: int, generated: int, prefill_seconds: float,
                   decode_seconds: float) -> SequenceTelemetry:
-        ledger = state.ledger
-        per_token = ledger.sparsity[:generated]
-        final = state.kept
-        kept_fraction = [1.0] * self.shape.num_layers if final is None else \
-            [k.numel() / self.shape.width for k in final]
-        return SequenceTelemetry(
-            method=self.config.method, prompt_tokens=prompt_tokens, generated_tokens=generated,
-            mask_step=self.config.effective_mask_step if self.config.prunes else 0, epochs=state.epoch + 1,
-            drift_events=len(state.drift_positions), drift_positions=list(state.drift_positions),
-            drift_cosines=list(state.drift_cosines), drift_cosine_positions=list(state.drift_cosine_positions),
-            epoch_thresholds=list(state.thresholds), kept_fraction_per_layer=kept_fraction,
-            sparsity_per_token=per_token, applied_sparsity=sum(per_token) / len(per_token) if per_token else 0.0,
-            ffn_flops_dense=ledger.flops_dense, ffn_flops_kept=ledger.flops_kept,
-            ffn_flops_executed=ledger.flops_executed, ffn_bytes_dense=ledger.bytes_dense,
-            ffn_bytes_executed=ledger.bytes_executed, dart_overhead_flops=ledger.overhead_flops,
-            dart_state_bytes=state.peak_state_bytes, compact_forwards=ledger.compact_forwards,
-            union_forwards=ledger.union_forwards, prefill_seconds=prefill_seconds, decode_seconds=decode_seconds)
+        mask_step = self.config.effective_mask_step if self.config.prunes else 0
+        return sequence_telemetry(state, self.config.method, mask_step, prompt_tokens, generated,
+                                  prefill_seconds, decode_seconds)

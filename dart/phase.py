@@ -15,6 +15,9 @@ class ForwardPhase:
     collect_signal: bool = False     # drift signal joins the epoch's baseline set
     form_baseline: bool = False      # drift baseline forms at the last layer's attention
     monitor: bool = False            # drift windows are watched
+    accumulate: bool = False         # a masked prompt block: the activations it computes join the statistics
 
 
 DENSE = ForwardPhase()
+IDLE = ForwardPhase()                # a row with no token in this forward (past the end of its prompt)
+

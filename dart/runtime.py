@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .compact import CompactWeights, compact_ffn
+from .compact import CompactWeights, compact_activations, scatter_activations
 from .patch import DartMLP
 from .phase import ForwardPhase
 from .state import SequenceState
@@ -13,13 +14,16 @@ class ForwardPass:
     """Rows' phases are fixed when the pass is built; masks formed inside it (mask_step 0) update it."""
 
     def __init__(self, states: list[SequenceState], phases: list[ForwardPhase], token_mask: torch.Tensor,
-                 masks: torch.Tensor | None, compact: list[CompactWeights] | None = None) -> None:
+                 masks: torch.Tensor | None, compact: list[CompactWeights] | None = None,
+                 row_compact: list[list[CompactWeights] | None] | None = None) -> None:
         # token_mask: [B, T] bool, False at padding; masks: [B, L, N] in the model dtype (1 keep, 0 prune)
+        # compact: per layer, weights every row shares; row_compact: per row (None: no token), per layer
         self.states, self.phases = states, phases
         self.token_mask = token_mask
         self.all_valid = bool(token_mask.all())
         self.masks = masks
-        self.compact = compact
+        self.compact, self.row_compact = compact, row_compact
+        self.accumulating = [b for b, p in enumerate(phases) if p.accumulate]
         self.calibrating = [b for b, p in enumerate(phases) if p.calibrate]
         self.forming = [b for b, p in enumerate(phases) if p.form_in_forward]
         self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
@@ -36,8 +40,14 @@ class ForwardPass:
     def ffn(self, layer: int, mlp: DartMLP, hidden: torch.Tensor) -> torch.Tensor:
         for b in self.remembering:
             self.states[b].remember_inputs(layer, self._tokens(hidden, b))
+        if self.row_compact is not None:
+            return self._rowwise_ffn(layer, mlp, hidden)
         if self.compact is not None:
-            return compact_ffn(mlp, hidden, self.compact[layer])
+            weights = self.compact[layer]
+            act = compact_activations(mlp, hidden, weights)               # [B, T, k]
+            for b in self.accumulating:
+                self._accumulate(b, layer, self._tokens(act, b), weights.ids)
+            return F.linear(act, weights.down, weights.down_bias)
         act = mlp.activations(hidden)                                    # [B, T, N]
         for b in self.calibrating:
             replay = self.states[b].replay_inputs(layer)
@@ -49,12 +59,36 @@ class ForwardPass:
             self.masks[b, layer].zero_().index_fill_(0, kept, 1)
         if self.masks is not None:
             act = act * self.masks[:, layer, None, :]
+        for b in self.accumulating:
+            self._accumulate(b, layer, self._tokens(act, b), None)
         out = mlp.down_proj(act)                                         # [B, T, d]
         if self.residual_rows:
             residual = self._residuals.pop(layer)
             for b in self.residual_rows:
                 self.states[b].observe_residual(layer, self._tokens(residual, b), self._tokens(out, b))
         return out
+
+    def _rowwise_ffn(self, layer: int, mlp: DartMLP, hidden: torch.Tensor) -> torch.Tensor:
+        """Each row's real tokens through its own gathered weights; padding and idle rows output 0."""
+        out = torch.zeros_like(hidden)                                   # [B, T, d]
+        for b, weights in enumerate(self.row_compact):
+            if weights is None:
+                continue
+            act = compact_activations(mlp, self._tokens(hidden, b), weights[layer])    # [T_b, k_b]
+            if b in self.accumulating:
+                self._accumulate(b, layer, act, weights[layer].ids)
+            y = F.linear(act, weights[layer].down, weights[layer].down_bias)
+            if self.all_valid:
+                out[b] = y
+            else:
+                out[b, self.token_mask[b]] = y
+        return out
+
+    def _accumulate(self, row: int, layer: int, act: torch.Tensor, ids: torch.Tensor | None) -> None:
+        """A masked prompt block: the row's computed activations [T, N] (or [T, k] of `ids`) join its statistics."""
+        state = self.states[row]
+        full = act.float() if ids is None else scatter_activations(act, ids, state.shape.width)
+        state.observe_activations(layer, full)
 
     def residual(self, layer: int, residual: torch.Tensor) -> None:
         if self.residual_rows:

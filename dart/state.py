@@ -1,6 +1,8 @@
 """Per-sequence DART state and the one place that advances its schedule (DART_SPEC sections 2-6)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,8 @@ class SequenceState:
         self.cfg, self.shape, self.proxies, self.fixed_counts = cfg, shape, proxies, counts
         self.device = device
         self.trace = SequenceTrace() if trace else None
-        self.forward = 0                 # forwards of the whole sequence (0 = prefill)
+        self.forward = 0                 # forwards of the whole sequence (0 = prefill, or its first block)
+        self.prompt_forwards = 1         # forwards the prompt takes (blocks of a block-wise prefill)
         self.epoch = 0
         self.kept: list[torch.Tensor] | None = None   # per layer, sorted kept neuron ids
         self.mask_version = 0
@@ -57,30 +60,36 @@ class SequenceState:
             return self.cfg.drift.recalibration_tokens
         return max(self.cfg.effective_mask_step, self.cfg.drift.recalibration_tokens)
 
-    def begin_forward(self, tokens: int = 1) -> ForwardPhase:
-        """Decide this forward's phase (tokens: this row's real tokens in it); masks due at f = m > 0
-        form here from the calibration set."""
+    def begin_forward(self, tokens: int = 1, prompt_block: bool = False) -> ForwardPhase:
+        """Decide this forward's phase (tokens: this row's real tokens in it; prompt_block: a block of a
+        block-wise prefill, whose masked activations join the statistics); masks due at f = m > 0 form
+        here from the calibration set."""
+        phase = self._phase_of(tokens)
+        if prompt_block and phase.masked and not (phase.calibrate or phase.form_in_forward):
+            phase = replace(phase, accumulate=True)
+        self._phase = phase
+        return phase
+
+    def _phase_of(self, tokens: int) -> ForwardPhase:
         cfg = self.cfg
-        released = cfg.release_step is not None and self.forward >= cfg.release_step
+        generated = self.forward - (self.prompt_forwards - 1)        # 0 at the prompt's last forward
+        released = cfg.release_step is not None and generated >= cfg.release_step
         if not cfg.prunes or released:
             if released and self.kept is not None:
                 self.kept, self.mask_version = None, self.mask_version + 1
-            self._phase = DENSE
             return DENSE
         f, m, drift = self.epoch_forward, self.epoch_mask_step(), cfg.drift_enabled
         waiting = drift and self.monitor is None       # the epoch's baseline has not formed yet
         baseline = waiting and f >= m and self.signal.count + tokens >= cfg.drift.baseline_tokens
         if f < m:
-            self._phase = ForwardPhase(calibrate=True, collect_signal=waiting)
-        elif f == m and m == 0:
-            self._phase = ForwardPhase(calibrate=True, form_in_forward=True, masked=True,
-                                       collect_signal=waiting, form_baseline=baseline)
-        else:
-            if f == m:
-                self._form_all()
-            self._phase = ForwardPhase(masked=True, collect_signal=waiting, form_baseline=baseline,
-                                       monitor=drift and self.monitor is not None)
-        return self._phase
+            return ForwardPhase(calibrate=True, collect_signal=waiting)
+        if f == m and m == 0:
+            return ForwardPhase(calibrate=True, form_in_forward=True, masked=True,
+                                collect_signal=waiting, form_baseline=baseline)
+        if f == m:
+            self._form_all()
+        return ForwardPhase(masked=True, collect_signal=waiting, form_baseline=baseline,
+                            monitor=drift and self.monitor is not None)
 
     def end_forward(self, tokens: int, execution: FfnExecution = DENSE_FFN) -> None:
         """Account the forward just run (tokens: real tokens of this row) and advance the schedule."""

@@ -22,6 +22,8 @@ def dart_settings(dart: DartConfig) -> dict[str, Any]:
         for knob, neutral in NEUTRAL_DRIFT_KNOBS.items():
             if settings["drift"][knob] == neutral:
                 del settings["drift"][knob]
+    if dart.prefill.mode == "dense":     # today's prefill, which reads no other prefill knob
+        del settings["prefill"]
     return settings
 
 
