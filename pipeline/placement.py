@@ -34,14 +34,19 @@ def node_resources() -> list[dict[str, float]]:
 
 
 def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
-    """(resources, max nodes; -1 unbounded) of each node type Ray's autoscaler may launch, or None
-    when no autoscaler has published a cluster config (a fixed cluster: `ray start`, a local Ray)."""
+    """(resources, max nodes; -1 unbounded) of each node type an autoscaler may add, or None when the
+    cluster cannot grow. The signal is the cluster config an autoscaler publishes to the GCS (KubeRay,
+    autoscaler v2), read as Ray Data reads it (`cluster_autoscaler.util.is_autoscaling_enabled`): a
+    node type whose max_count is -1 or above its min_count. `ray start` clusters and a local Ray have
+    none."""
     from ray._private.state import state
 
     config = state.get_cluster_config()
-    if config is None or not config.node_group_configs:
+    groups = [group for group in (config.node_group_configs if config else [])
+              if group.resources and group.max_count != 0]
+    if not any(group.max_count == -1 or group.max_count > group.min_count for group in groups):
         return None
-    return [(dict(group.resources), group.max_count) for group in config.node_group_configs]
+    return [(dict(group.resources), group.max_count) for group in groups]
 
 
 def describe_cluster() -> str:

@@ -2,6 +2,7 @@
 on an autoscaling cluster the wait for nodes is bounded by pool.placement_timeout_s."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,31 +55,54 @@ def test_unplaceable_pool_fails_fast_naming_the_keys(ray_cluster, tiny_model_dir
     assert not [a for a in actors().values() if a["State"] != "DEAD"]                  # none was created
 
 
-def node_types(monkeypatch, types):
-    """Stand in for the node types an autoscaler publishes (this machine's Ray has none)."""
-    monkeypatch.setattr(placement, "autoscaler_node_types", lambda: types)
+@contextlib.contextmanager
+def published_node_types(*groups: tuple[dict[str, int], int, int]):
+    """The cluster config an autoscaler publishes to the GCS (KubeRay, autoscaler v2), written where it
+    writes it: node types of (resources, min nodes, max nodes). No autoscaler runs on this machine, so
+    no node ever comes."""
+    from ray._private.state import state
+    from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental import internal_kv
+
+    config = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name=f"type{k}", resources=r, min_count=lo, max_count=hi)
+        for k, (r, lo, hi) in enumerate(groups)])
+    where = {"key": GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), "namespace": GCS_AUTOSCALER_STATE_NAMESPACE.encode()}
+    internal_kv._internal_kv_put(value=config.SerializeToString(), overwrite=True, **where)
+    try:
+        assert state.get_cluster_config() == config
+        yield
+    finally:
+        internal_kv._internal_kv_del(**where)
 
 
-def test_autoscaling_cluster_waits_a_bounded_time_then_fails(ray_cluster, monkeypatch):
-    node_types(monkeypatch, [({"CPU": 1.0}, 4)])           # could place 3 actors, but no node ever comes
+def test_autoscaling_cluster_waits_a_bounded_time_then_fails(ray_cluster):
     pool = PoolConfig(num_actors=3, placement_timeout_s=2)
     began = time.monotonic()
-    with pytest.raises(ValueError, match=r"pool.num_actors=3 .*within pool.placement_timeout_s=2 s"):
-        placement.check_placement(pool)
+    with published_node_types(({"CPU": 1}, 0, 4)), \
+            pytest.raises(ValueError, match=r"pool.num_actors=3 .*within pool.placement_timeout_s=2 s"):
+        placement.check_placement(pool)          # 4 more 1-CPU nodes could place 3 actors: it waits
     assert 2 <= time.monotonic() - began < 30
     from ray.util import placement_group_table
 
     assert all(group["state"] == "REMOVED" for group in placement_group_table().values())   # demand withdrawn
 
 
-def test_autoscaling_cluster_that_can_never_place_fails_at_once(ray_cluster, monkeypatch):
-    node_types(monkeypatch, [({"CPU": 8.0}, -1)])           # unbounded CPU nodes, none with a GPU
+def test_autoscaling_cluster_that_can_never_place_fails_at_once(ray_cluster):
     began = time.monotonic()
-    with pytest.raises(ValueError, match=r"pool.num_gpus_per_actor=1 GPU.*autoscaler's node types"):
-        placement.check_placement(PoolConfig(num_actors=1, num_gpus_per_actor=1, placement_timeout_s=600))
+    with published_node_types(({"CPU": 8}, 0, -1)):           # unbounded CPU nodes, none with a GPU
+        with pytest.raises(ValueError, match=r"pool.num_gpus_per_actor=1 GPU.*autoscaler's node types"):
+            placement.check_placement(PoolConfig(num_actors=1, num_gpus_per_actor=1, placement_timeout_s=600))
+        placement.check_placement(PoolConfig(num_actors=2, placement_timeout_s=600))   # fits now: no wait
     assert time.monotonic() - began < 10
-    placement.check_placement(PoolConfig(num_actors=2, placement_timeout_s=600))   # fits now: no wait
 
 
-def test_a_cluster_without_autoscaler_has_no_node_types(ray_cluster):
-    assert placement.autoscaler_node_types() is None
+def test_only_node_types_that_can_grow_make_a_cluster_autoscaling(ray_cluster):
+    assert placement.autoscaler_node_types() is None                  # a local Ray publishes nothing
+    with published_node_types(({"CPU": 2}, 1, 1)):                    # fixed: min = max
+        assert placement.autoscaler_node_types() is None
+        with pytest.raises(ValueError, match="no autoscaler can add nodes"):
+            placement.check_placement(PoolConfig(num_actors=3, placement_timeout_s=600))
+    with published_node_types(({"CPU": 2}, 1, 1), ({"CPU": 4, "GPU": 1}, 0, 3)):
+        assert placement.autoscaler_node_types() == [({"CPU": 2}, 1), ({"CPU": 4, "GPU": 1}, 3)]
