@@ -63,18 +63,18 @@ def published_node_types(*groups: tuple[dict[str, int], int, int]):
     from ray._private.state import state
     from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
     from ray.core.generated import autoscaler_pb2
-    from ray.experimental import internal_kv
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     config = autoscaler_pb2.ClusterConfig(node_group_configs=[
         autoscaler_pb2.NodeGroupConfig(name=f"type{k}", resources=r, min_count=lo, max_count=hi)
         for k, (r, lo, hi) in enumerate(groups)])
     where = {"key": GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), "namespace": GCS_AUTOSCALER_STATE_NAMESPACE.encode()}
-    internal_kv._internal_kv_put(value=config.SerializeToString(), overwrite=True, **where)
+    _internal_kv_put(value=config.SerializeToString(), overwrite=True, **where)
     try:
         assert state.get_cluster_config() == config
         yield
     finally:
-        internal_kv._internal_kv_del(**where)
+        _internal_kv_del(**where)
 
 
 def test_autoscaling_cluster_waits_a_bounded_time_then_fails(ray_cluster):
