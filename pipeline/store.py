@@ -53,6 +53,24 @@ def rows_problem(item: WorkItem, table: pa.Table) -> str | None:
     return None
 
 
+def part_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table | None:
+    """`table` in `schema` when it lacks only nullable columns (filled with nulls) and holds no column
+    the schema does not declare, each of the declared type; else None."""
+    fields = {f.name: f for f in table.schema}
+    if any(name not in schema.names or fields[name].type != schema.field(name).type for name in fields):
+        return None
+    if any(f.name not in fields and not f.nullable for f in schema):
+        return None
+    columns = [table.column(f.name) if f.name in fields else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 class RunDir:
     """One run of one config. Finished items are those whose marker and part check out."""
 
@@ -135,18 +153,25 @@ class RunDir:
 
     def upgraded_marker(self, item: WorkItem, legacy: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """A marker written before markers had checksums: its part counts as done when it holds the
-        item's rows in the declared schema, and gets a checksummed marker from now on (written only
-        by the driver holding the run), so finished runs resume instead of recomputing."""
+        item's rows, in the declared schema or in one that lacks only columns added since (they are
+        filled with nulls). The driver holding the run rewrites such a part in the declared schema and
+        gives it a checksummed marker, so runs of an earlier version resume instead of recomputing."""
         data = self.storage.read(self.part_key(item))
         if data is None:
             return legacy, b""
         table = pq.read_table(pa.BufferReader(data))
+        if self.schema is not None and not table.schema.remove_metadata().equals(self.schema.remove_metadata()):
+            table = conformed(table, self.schema)
+            if table is None:
+                return legacy, b""
+            data = part_bytes(table)
         marker = {**legacy, "run": self.name, "rows": table.num_rows, "part_size": len(data),
                   "part_sha256": hashlib.sha256(data).hexdigest(), "ids_sha256": ids_digest(table)}
         raw = json_bytes(marker)
-        if self.holder is not None and self.marker_problem(item, marker) is None:
+        if self.holder is not None and rows_problem(item, table) is None:
+            self.storage.write(self.part_key(item), data)
             self.storage.write(self.marker_key(item), raw)
-            log.info("item %s: marker of an earlier version upgraded with its part's checksum", item.item_id)
+            log.info("item %s: part and marker of an earlier version upgraded", item.item_id)
         return marker, raw
 
     def is_done(self, item: WorkItem) -> bool:
@@ -179,9 +204,7 @@ class RunDir:
         if problem is not None:
             raise RuntimeError(f"item {item.item_id}: the result is not the item's rows ({problem}); not written")
         self.guard()
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
+        data = part_bytes(table)
         self.storage.write(self.part_key(item), data)
         marker = {"item": item.to_dict(), "run": self.name, "rows": table.num_rows, "part_size": len(data),
                   "part_sha256": hashlib.sha256(data).hexdigest(), "ids_sha256": ids_digest(table), **info}
@@ -191,9 +214,7 @@ class RunDir:
 
     def write_empty(self, schema: pa.Schema) -> None:
         """A plan without rows: one part of no rows, so readers of parts/ get the declared schema."""
-        sink = pa.BufferOutputStream()
-        pq.write_table(schema.empty_table(), sink)
-        self.storage.write(f"{self.path}/parts/empty.parquet", sink.getvalue().to_pybytes())
+        self.storage.write(f"{self.path}/parts/empty.parquet", part_bytes(schema.empty_table()))
 
     def clean_temp(self) -> None:
         """Half-written parts of an interrupted run (local disk only: object stores have no temp

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.job import Job
 from pipeline.pool import run_items
@@ -37,12 +38,18 @@ def test_markers_of_an_earlier_version_are_upgraded_not_redone(tmp_path, tiny_mo
         job.write_failure(item, job.rows(item), "RuntimeError: boom", 2)
         legacy = {"item": item.to_dict(), "rows": item.num_rows, "status": "failed", "attempts": 2}
         job.run.marker_path(item).write_text(json.dumps(legacy))
-    job.run.part_path(job.plan[1]).write_bytes(job.run.part_path(job.plan[0]).read_bytes())  # wrong rows
+    first = job.run.part_path(job.plan[0])
+    older = pq.read_table(first).drop_columns(["ffn_bytes_dense", "drift_cosines"])   # columns added later
+    pq.write_table(older, first)
+    job.run.part_path(job.plan[1]).write_bytes(first.read_bytes())                       # another item's rows
     again = Job.open(config)
     with again.run.lock():
         assert again.unfinished() == again.plan[1:]
     upgraded = json.loads(again.run.marker_path(again.plan[0]).read_text())
     assert upgraded["part_sha256"] and upgraded["run"] == again.run.name and upgraded["status"] == "failed"
+    part = pq.read_table(first)
+    assert part.schema.remove_metadata().equals(again.schema.remove_metadata())
+    assert part.column("drift_cosines").null_count == part.num_rows
 
 
 class RecordingJob:
