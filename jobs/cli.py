@@ -14,8 +14,7 @@ from pipeline.tasks import TASKS
 log = logging.getLogger(__name__)
 
 # (column title, summary key, format) of the closing table; the task's quality columns go between.
-COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}"),
-          ("failed items", "failed_items", "{:d}")]
+COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}")]
 TAIL = [("applied sparsity", "mean_applied_sparsity", "{:.3f}"), ("drift events", "drift_events", "{:d}"),
         ("tokens/s", "tokens_per_second", "{:.1f}")]
 
@@ -57,9 +56,13 @@ def main(task: str, argv: list[str] | None = None) -> int:
         name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
         sys.stderr.write(f"stopped by {name}; finished items are kept: rerun the same command to resume\n")
         return 143 if isinstance(err, Terminated) else 130
-    state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
-    sys.stdout.write(f"run {state}: {summary['run_dir']}\n"
-                     f"parts: {summary['run_dir']}/parts/*.parquet\n{format_table(summary)}\n")
-    if summary.get("retry_hint"):
-        sys.stdout.write(f"{summary['retry_hint']}\n")
+    sys.stdout.write(closing_text(summary))
     return 0
+
+
+def closing_text(summary: dict[str, Any]) -> str:
+    """Where the run is, the table, and how to retry items that failed every attempt."""
+    state = "complete" if summary["complete"] else f"stopped at {summary['done_items']}/{summary['planned_items']} items"
+    hint = f"{summary['retry_hint']}\n" if summary.get("retry_hint") else ""
+    return (f"run {state}: {summary['run_dir']}\nparts: {summary['run_dir']}/parts/*.parquet\n"
+            f"{format_table(summary)}\n{hint}")

@@ -150,9 +150,10 @@ def test_submitted_job_refuses_output_inside_rays_working_dir_copy(monkeypatch, 
     check_durable_output("outputs")                  # outside a submitted job a relative dir is fine
 
 
-def test_closing_table_counts_failed_items():
-    from jobs.cli import format_table
+def test_closing_text_says_how_to_retry_failed_items():
+    from jobs.cli import closing_text
 
-    titles, values = format_table({"task": "summarize", "items": 3, "rows": 7, "error_rows": 3,
-                                   "failed_items": 1}).splitlines()
-    assert "failed items" in titles and values.split()[3] == "1"
+    summary = {"task": "summarize", "items": 3, "rows": 7, "error_rows": 3, "complete": True, "run_dir": "r",
+               "failed_items": 1, "retry_hint": "1 item(s) failed ...; rerun with control.retry_failed=true"}
+    assert closing_text(summary).splitlines()[-1] == summary["retry_hint"]
+    assert "retry" not in closing_text({**summary, "failed_items": 0, "retry_hint": None})
