@@ -89,13 +89,21 @@ class PrefillConfig(FrozenModel):
                               "and the following ones on each row's kept neurons.")
     block_tokens: int = Field(64, description="blockwise: real prompt tokens per block and row (at least 1); a "
                               "block at least as long as the prompt runs it as dense mode does.")
+    first_block_tokens: int | None = Field(
+        None, description="blockwise: tokens of the first (calibrating) block, at least 1 (null: block_tokens). "
+        "A short first block with longer blocks after it prunes more of the prompt in fewer forwards.")
 
-    @field_validator("block_tokens")
+    @field_validator("block_tokens", "first_block_tokens")
     @classmethod
-    def _block_tokens_positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"prefill.block_tokens must be at least 1 (prompt tokens per block), got {v}")
+    def _block_tokens_positive(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"prefill.{info.field_name} must be at least 1 (prompt tokens per block), got {v}")
         return v
+
+    def starts(self, prompt_tokens: int) -> list[int]:
+        """Where each block of a prompt of `prompt_tokens` tokens starts."""
+        first = self.block_tokens if self.first_block_tokens is None else self.first_block_tokens
+        return [0] + list(range(first, prompt_tokens, self.block_tokens))
 
 
 class DartConfig(FrozenModel):

@@ -16,7 +16,7 @@ from .config import DartConfig, GenerationConfig
 from .model_config import cache_root
 from .patch import Runtime, check_supported, decoder_layers, patch_model, unpatch_model
 from .phase import IDLE, ForwardPhase
-from .prefill import block_count, run_blocks
+from .prefill import run_blocks
 from .proxies import Proxies, load_or_compute
 from .runtime import ForwardPass, batch_masks
 from .sampling import eos_token_ids, next_tokens, row_generator
@@ -103,11 +103,11 @@ class DartEngine:
         if len(states) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(states)} states: give one state per prompt")
         blockwise = self.config.blockwise
-        size = self.config.prefill.block_tokens if blockwise else max(len(p) for p in prompts)
+        starts = self.config.prefill.starts(max(len(p) for p in prompts)) if blockwise else [0]
         for state, prompt in zip(states, prompts):
-            state.prompt_forwards = block_count(len(prompt), size)
+            state.prompt_forwards = sum(start < len(prompt) for start in starts)
         batch = DecodeBatch.empty(states, DynamicCache(config=self.model.config), self.device)
-        logits = run_blocks(lambda ids, mask: self._step(batch, ids, mask, prompt_block=blockwise), prompts, size,
+        logits = run_blocks(lambda ids, mask: self._step(batch, ids, mask, prompt_block=blockwise), prompts, starts,
                             self.pad_id, self.device)
         return logits, batch
 

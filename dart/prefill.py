@@ -1,7 +1,7 @@
 """The prompt's forwards (docs/prefill.md): one dense forward, or blocks of real tokens per row.
 
-A row's block i holds its prompt tokens [i*S, (i+1)*S) (S = `prefill.block_tokens`), right-aligned in
-the block's tensor like a left-padded prompt, so its positions and attention mask follow on from the
+A row's block i holds its prompt tokens [start_i, start_i+1) (the first `prefill.first_block_tokens`,
+then `prefill.block_tokens` each), right-aligned in the block's tensor like a left-padded prompt, so its positions and attention mask follow on from the
 cache; a row whose prompt has ended has no token in the block (it takes no part in that forward).
 """
 from __future__ import annotations
@@ -11,16 +11,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 
-def block_count(prompt_tokens: int, block_tokens: int) -> int:
-    """Forwards a prompt of `prompt_tokens` takes in blocks of `block_tokens`."""
-    return -(-prompt_tokens // block_tokens)
-
-
-def block_inputs(prompts: Sequence[Sequence[int]], start: int, block_tokens: int, pad_id: int,
+def block_inputs(prompts: Sequence[Sequence[int]], start: int, end: int, pad_id: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens [start, start + block_tokens) of every prompt, left-padded to one width:
+    """Tokens [start, end) of every prompt, left-padded to one width:
     input_ids [B, T] and token_mask [B, T] (bool, False at padding)."""
-    pieces = [list(prompt[start:start + block_tokens]) for prompt in prompts]
+    pieces = [list(prompt[start:end]) for prompt in prompts]
     width = max(len(piece) for piece in pieces)
     input_ids = torch.full((len(pieces), width), pad_id, dtype=torch.long, device=device)
     token_mask = torch.zeros((len(pieces), width), dtype=torch.bool, device=device)
@@ -32,12 +27,14 @@ def block_inputs(prompts: Sequence[Sequence[int]], start: int, block_tokens: int
 
 
 def run_blocks(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prompts: Sequence[Sequence[int]],
-               block_tokens: int, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Feed the prompts block by block to `step(input_ids, token_mask) -> last-position logits [B, V]`.
-    Returns each row's logits after its last prompt token [B, V] (from the last block it had tokens in)."""
+               starts: list[int], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Feed the prompts block by block (`starts`: where each block starts, the first at 0) to
+    `step(input_ids, token_mask) -> last-position logits [B, V]`. Returns each row's logits after its last
+    prompt token [B, V] (from the last block it had tokens in)."""
     logits = None
-    for start in range(0, max(len(prompt) for prompt in prompts), block_tokens):
-        input_ids, token_mask = block_inputs(prompts, start, block_tokens, pad_id, device)
+    ends = starts[1:] + [max(len(prompt) for prompt in prompts)]
+    for start, end in zip(starts, ends):
+        input_ids, token_mask = block_inputs(prompts, start, end, pad_id, device)
         out = step(input_ids, token_mask)
         logits = out if logits is None else torch.where(token_mask[:, -1:], out, logits)
     return logits

@@ -116,6 +116,22 @@ def test_a_prompt_alone_equals_it_inside_a_padded_batch(engine_of, name, ffn_pat
         assert in_batch.telemetry.prefill_blocks == -(-len(prompt) // 4)
 
 
+@pytest.mark.parametrize("name", ["dart_auto_drift", "static_uniform_step0"])
+def test_a_short_first_block_then_longer_blocks(engine_of, name):
+    cfg = CONFIGS[name].model_copy(update={"prefill": PrefillConfig(mode="blockwise", block_tokens=12,
+                                                                      first_block_tokens=5)})
+    engine, batch_prompts = engine_of(cfg), prompts()
+    together = generate(engine, batch_prompts)
+    for prompt, in_batch in zip(batch_prompts, together):
+        alone = generate(engine, [prompt])[0]
+        assert alone.token_ids == in_batch.token_ids
+        assert_close(telemetry(alone, BATCH_DEPENDENT), telemetry(in_batch, BATCH_DEPENDENT))
+        assert in_batch.telemetry.prefill_blocks == 1 + -(-(len(prompt) - 5) // 12)
+    if name == "dart_auto_drift" and together[1].telemetry.drift_events == 0:   # 30 tokens: 5 dense, 25 pruned
+        state_sparsity = 1 - sum(together[1].telemetry.kept_fraction_per_layer) / 3
+        assert together[1].telemetry.prompt_applied_sparsity == pytest.approx(state_sparsity * 25 / 30)
+
+
 def test_rowwise_gathered_blocks_equal_masked_blocks(engine_of):
     cfg = CONFIGS["static_uniform_step0"]
     masked = generate(engine_of(blockwise(cfg, 4, ffn_path="masked")), prompts())
@@ -171,6 +187,7 @@ def test_scoring_runs_blockwise(engine_of):
 @pytest.mark.parametrize("update, key", [
     ({"prefill": {"mode": "blockwise", "block_tokens": 0}}, "prefill.block_tokens"),
     ({"prefill": {"mode": "blockwise", "block_tokens": -3}}, "prefill.block_tokens"),
+    ({"prefill": {"mode": "blockwise", "first_block_tokens": 0}}, "prefill.first_block_tokens"),
     ({"method": "dense", "prefill": {"mode": "blockwise"}}, "prefill.mode"),
     ({"prefill": {"mode": "chunked"}}, "prefill.mode"),
 ])
@@ -182,5 +199,5 @@ def test_config_errors_name_the_key(update, key):
 def test_run_identity_reads_prefill_only_when_blockwise():
     assert "prefill" not in dart_settings(DartConfig())
     assert "prefill" not in dart_settings(DartConfig(prefill={"block_tokens": 32}))
-    assert dart_settings(DartConfig(prefill={"mode": "blockwise"}))["prefill"] == {"mode": "blockwise",
-                                                                                     "block_tokens": 64}
+    assert dart_settings(DartConfig(prefill={"mode": "blockwise"}))["prefill"] == {
+        "mode": "blockwise", "block_tokens": 64, "first_block_tokens": None}
