@@ -11,9 +11,11 @@ from jobs.cli import main
 
 
 def run_cli(capsys, task: str, args: list[str]) -> tuple[int, str]:
+    """Exit code and the job's own `error:` line (stderr may also hold log lines of a session Ray)."""
     code = main(task, args)
-    err = capsys.readouterr().err
-    return code, err
+    lines = capsys.readouterr().err.splitlines()
+    start = next((k for k, line in enumerate(lines) if line.startswith("error: ")), len(lines))
+    return code, "\n".join(lines[start:])
 
 
 @pytest.fixture
