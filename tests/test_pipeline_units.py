@@ -216,3 +216,18 @@ def test_label_and_qa_in_process(tmp_path, tiny_model_dir):
     rows = _worker(cfg, job).run_item(job.plan[0], job.rows(job.plan[0]), 1).to_pylist()
     assert rows[0]["status"] == "ok" and rows[0]["references"] == ["the mat", "mat"]
     assert 0.0 <= rows[0]["f1"] <= 1.0 and rows[1]["status"] == "error"
+
+
+def test_summary_counts_ffn_cost_end_to_end_and_prompt_sparsity_per_prompt_token():
+    from pipeline.summary import summarize_table
+
+    table = pa.table({
+        "item_id": ["a", "a", "b"], "status": ["ok", "ok", "error"], "generated_tokens": [4, 6, 0],
+        "prompt_tokens": [10, 30, 0], "applied_sparsity": [0.5, 0.5, None], "drift_events": [1, 0, 0],
+        "ffn_flops_executed": [60, 40, None], "ffn_flops_dense": [100, 100, None],
+        "prompt_applied_sparsity": [0.2, 0.6, None], "prefill_seconds": [1.0, 2.0, None],
+        "decode_seconds": [0.5, 0.5, None], "rouge_l": [0.1, 0.3, None]})
+    summary = summarize_table(table, "summarize")
+    assert summary["ffn_flops_executed_fraction"] == 0.5                    # 100 of 200, error row left out
+    assert summary["prompt_applied_sparsity"] == (0.2 * 10 + 0.6 * 30) / 40   # weighted by prompt tokens
+    assert (summary["prefill_seconds"], summary["decode_seconds"], summary["error_rows"]) == (3.0, 1.0, 1)
