@@ -1,0 +1,65 @@
+"""Bench 7: the summarize job end to end with block-wise DART prefill against decode-only DART (the
+prompt dense), everything else equal, the two run alternately in one process (A B, then B A):
+documents/s of each and their ratio, FFN FLOPs executed against dense over the whole job (prompt and
+generated tokens), the sparsity applied to prompt tokens, and ROUGE-L.
+
+    python -m bench.job_prefill [--config conf/summarize.yaml] [--reps 1] [key=value ...]
+
+Both sides start their actors and load the model per job, as a user's job does.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+
+from bench import common
+from pipeline.config import load_config
+from pipeline.driver import run_job
+
+BLOCKWISE = ["dart.prefill.mode=blockwise", "dart.prefill.first_block_tokens=64", "dart.prefill.block_tokens=224"]
+SIDES = {"decode-only DART (dense prompt)": [], "block-wise DART prefill": BLOCKWISE}
+
+
+def one_job(config_path: str, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config(config_path, [*overrides, "control.progress=false", f"output.dir={out}"],
+                             task="summarize")
+        return run_job(config)
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="conf/summarize.yaml")
+    parser.add_argument("--reps", type=int, default=1, help="pairs of runs (each pair alternates the order)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the job config (both sides)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for rep in range(2 * args.reps):
+        order = list(SIDES) if rep % 2 == 0 else list(reversed(SIDES))
+        for side in order:
+            runs[side].append(one_job(args.config, [*args.overrides, *SIDES[side]]))
+    base = statistics.fmean(r["rows"] / r["wall_seconds"] for r in runs[next(iter(SIDES))])
+    rows = []
+    for side, summaries in runs.items():
+        rate = statistics.fmean(r["rows"] / r["wall_seconds"] for r in summaries)
+        last = summaries[-1]
+        rows.append([side, f"{rate:.3f}", f"{rate / base:.3f}", fmt(last["ffn_flops_executed_fraction"], ".3f"),
+                     fmt(last["prompt_applied_sparsity"], ".3f"), fmt(last["mean_applied_sparsity"], ".3f"),
+                     fmt(last["rouge_l"], ".3f")])
+    config = load_config(args.config, args.overrides, task="summarize")
+    common.write_table(
+        f"Bench 7: summarize job end to end, {config.input.paths}, {config.dart.method} keep "
+        f"{config.dart.keep_ratio}, {config.pool.num_actors} actors, {2 * args.reps} runs per side, {common.machine()}",
+        ["side", "documents/s", "vs decode-only", "FFN FLOPs executed / dense", "prompt sparsity",
+         "generated sparsity", "ROUGE-L"], rows)
+
+
+if __name__ == "__main__":
+    main()
