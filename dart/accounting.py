@@ -84,6 +84,14 @@ class ForwardLedger:
         self.union_forwards += int(execution.path == "union")
         self.rowwise_forwards += int(execution.path == "rowwise")
 
+    def scored_sparsity(self, prompt_forwards: int, lengths: list[int]) -> float:
+        """Token-weighted FFN sparsity of the forwards that produced each scored token's log-prob: the
+        prompt's last forward for each continuation's first token, the teacher-forced forward after it
+        for the rest (lengths: tokens of each continuation)."""
+        first, rest = len(lengths), sum(lengths) - len(lengths)
+        after = self.sparsity[prompt_forwards] if rest else 0.0
+        return (first * self.sparsity[prompt_forwards - 1] + rest * after) / (first + rest)
+
     def prompt_sparsity(self, forwards: int) -> float:
         """Token-weighted FFN sparsity applied to the tokens of the first `forwards` forwards (the prompt)."""
         tokens = sum(self.tokens[:forwards])

@@ -1,6 +1,7 @@
 """Batched generation and scoring with per-sequence DART state on a patched Hugging Face model."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Sequence
@@ -269,7 +270,8 @@ class DartEngine:
         logprobs = torch.log_softmax(self.teacher_force(batch, cont, cont_mask), dim=-1)   # [C, T, V]
         per_position = [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
         telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
-        return per_position, telemetry
+        scored = state.ledger.scored_sparsity(state.prompt_forwards, [len(c) for c in continuations])
+        return per_position, dataclasses.replace(telemetry, applied_sparsity=scored)
 
     def score_continuations(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> ContinuationScores:
         """Sum of log-probs of each continuation after the prompt, under the prompt's DART masks."""

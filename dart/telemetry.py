@@ -23,7 +23,8 @@ class SequenceTelemetry:
     epoch_thresholds: list[float | None]                # tau of each epoch (None: not monitored)
     kept_fraction_per_layer: list[float]                # final masks (1.0 = dense)
     sparsity_per_token: list[float]                     # FFN sparsity applied to produce each generated token
-    applied_sparsity: float                             # token-weighted mean of sparsity_per_token
+    applied_sparsity: float                             # token-weighted mean of sparsity_per_token;
+                                                        # scoring: over the scored tokens
     prompt_applied_sparsity: float                      # FFN sparsity applied to the prompt tokens, token-weighted
     ffn_flops_dense: int                                # FFN FLOPs of a dense run of the same tokens (prompt
                                                         # and generated; the FLOP fields count every forward)

@@ -217,3 +217,16 @@ def test_label_scoring_prefers_the_likely_continuation(tiny):
         engine.close()
     assert scores.logprobs[1] > scores.logprobs[0]
     assert scores.token_counts == [1, 1]
+
+
+@pytest.mark.parametrize("mask_step, prompt_forward", [(0, 1 - 18 / 37), (1, 0.0)])
+def test_scoring_reports_the_sparsity_applied_to_the_scored_tokens(tiny, mask_step, prompt_forward):
+    """A continuation's first token comes from the prompt's forward, the rest from the masked forward after it."""
+    engine = DartEngine(*tiny, DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=mask_step))
+    try:
+        scores = engine.score_continuations(prompts(1)[0], [[7], [8, 9, 10]])
+    finally:
+        engine.close()
+    masked = 1 - 18 / 37
+    assert scores.telemetry.applied_sparsity == pytest.approx((2 * prompt_forward + 2 * masked) / 4)
+    assert scores.telemetry.generated_tokens == 0 and scores.telemetry.sparsity_per_token == []
