@@ -260,18 +260,28 @@ class DartEngine:
         logits, batch = self.prefill([prompt], [state])
         first = torch.log_softmax(logits, -1)                               # [1, V]
         prefill_seconds = time.perf_counter() - start
-        batch.select([0] * len(continuations))              # one row per continuation, sharing the state
+        start = time.perf_counter()
+        if longest == 1:    # every score comes from the prompt's forward: no forward over the continuations
+            per_position = [first] * len(continuations)
+        else:
+            per_position = self.forced_logprobs(batch, first, continuations)
+        telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
+        scored = state.ledger.scored_sparsity(state.prompt_forwards, [len(c) for c in continuations])
+        return per_position, dataclasses.replace(telemetry, applied_sparsity=scored)
+
+    def forced_logprobs(self, batch: DecodeBatch, first: torch.Tensor, continuations: Sequence[Sequence[int]]
+                        ) -> list[torch.Tensor]:
+        """Each continuation's log-probs [len(c), V]: its first position from the prompt (`first`), the
+        rest from one teacher-forced forward over all continuations, one row each sharing the state."""
+        longest = max(len(c) for c in continuations)
+        batch.select([0] * len(continuations))
         cont = torch.full((len(continuations), longest), self.pad_id, dtype=torch.long, device=self.device)
         cont_mask = torch.zeros_like(cont, dtype=torch.bool)
         for i, c in enumerate(continuations):
             cont[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
             cont_mask[i, :len(c)] = True
-        start = time.perf_counter()
         logprobs = torch.log_softmax(self.teacher_force(batch, cont, cont_mask), dim=-1)   # [C, T, V]
-        per_position = [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
-        telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
-        scored = state.ledger.scored_sparsity(state.prompt_forwards, [len(c) for c in continuations])
-        return per_position, dataclasses.replace(telemetry, applied_sparsity=scored)
+        return [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
 
     def score_continuations(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> ContinuationScores:
         """Sum of log-probs of each continuation after the prompt, under the prompt's DART masks."""

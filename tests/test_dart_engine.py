@@ -230,3 +230,18 @@ def test_scoring_reports_the_sparsity_applied_to_the_scored_tokens(tiny, mask_st
     masked = 1 - 18 / 37
     assert scores.telemetry.applied_sparsity == pytest.approx((2 * prompt_forward + 2 * masked) / 4)
     assert scores.telemetry.generated_tokens == 0 and scores.telemetry.sparsity_per_token == []
+
+
+def test_single_token_choices_are_scored_from_the_prompt_alone(tiny):
+    """One-token continuations (a label's letter) read the prompt's next-token log-probs: no forward over them."""
+    engine = DartEngine(*tiny, DartConfig(method="dart", keep_ratio=0.5))
+    prompt = prompts(1)[0]
+    try:
+        logits, _ = engine.prefill([prompt])
+        expected = torch.log_softmax(logits[0], -1)
+        one = engine.score_continuations(prompt, [[7]])
+        four = engine.score_continuations(prompt, [[7], [8], [9], [10]])
+    finally:
+        engine.close()
+    assert four.logprobs == pytest.approx([float(expected[t]) for t in (7, 8, 9, 10)], abs=1e-5)
+    assert four.telemetry.ffn_flops_dense == one.telemetry.ffn_flops_dense      # the prompt's forward only
