@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, HUB_ID_PATTERN, ModelConfig, cache_root
+from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, ModelConfig, cache_root, source_kind
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +95,16 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str) -> PreTra
 
 def _locate(cfg: ModelConfig) -> tuple[str, str | None, bool]:
     """(directory or hub id, gguf file name inside it or None, whether it is a hub id)."""
-    source = cfg.source
-    if source == EMBEDDED_MODEL:
+    kind = source_kind(cfg.source)
+    path = Path(cfg.source).expanduser()
+    if kind == "embedded":
         return str(embedded_model_dir(cfg.cache_dir)), None, False
-    path = Path(source).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ValueError(f"GGUF file {str(path)!r} does not exist; fix model.source")
+    if kind == "gguf":
         return str(path.parent), path.name, False
-    if path.is_dir():
+    if kind == "dir":
         check_weight_files(path, cfg.allow_pickle)
         return str(path), None, False
-    if path.exists():
-        raise ValueError(f"model.source {source!r} is a file; give a model directory, a .gguf file or a hub id")
-    if not HUB_ID_PATTERN.fullmatch(source):
-        raise ValueError(f"model path {str(path)!r} does not exist (cwd {os.getcwd()}); fix model.source")
-    return source, None, True
+    return cfg.source, None, True
 
 
 def check_weight_files(directory: Path, allow_pickle: bool) -> None:

@@ -23,6 +23,26 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(cache_dir or os.environ.get("DART_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
 
 
+def source_kind(source: str) -> Literal["embedded", "gguf", "dir", "hub"]:
+    """What a model.source names, checked without loading anything (the driver checks it before any
+    work, the loader before loading): ValueError for a local path that does not exist or is a file."""
+    if source == EMBEDDED_MODEL:
+        return "embedded"
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ValueError(f"model.source: GGUF file {str(path)!r} does not exist")
+        return "gguf"
+    if path.is_dir():
+        return "dir"
+    if path.exists():
+        raise ValueError(f"model.source {source!r} is a file; give a model directory, a .gguf file or a hub id")
+    if not HUB_ID_PATTERN.fullmatch(source):
+        raise ValueError(f"model.source: model directory {str(path.resolve())!r} does not exist "
+                         f"(cwd {os.getcwd()})")
+    return "hub"
+
+
 class ModelConfig(FrozenModel):
     """Which model to load and where to put it."""
 

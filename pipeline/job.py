@@ -111,14 +111,11 @@ class Job:
     def done_items(self) -> int:
         return sum(self.run.is_done(it) for it in self.plan)
 
-    def failed_items(self) -> int:
-        """Done items whose rows are error rows because every attempt failed."""
-        return sum((self.run.done_marker(it) or {}).get("status") == "failed" for it in self.plan)
-
     def close(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The run's summary from the parts on disk; a run with every item done is marked finished."""
-        done = [it for it in self.plan if self.run.is_done(it)]
-        failed = self.failed_items()
+        markers = {it.item_id: self.run.done_marker(it) for it in self.plan}
+        done = [it for it in self.plan if markers[it.item_id] is not None]
+        failed = sum(markers[it.item_id].get("status") == "failed" for it in done)   # every attempt failed
         summary = {"run_dir": str(self.run.root), "config_fingerprint": self.fingerprint,
                    "task": self.config.task, "planned_items": len(self.plan), "done_items": len(done),
                    "complete": len(done) == len(self.plan), "failed_items": failed, **extra}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dart.model_config import EMBEDDED_CONTEXT, EMBEDDED_MODEL, HUB_ID_PATTERN, ModelConfig
+from dart.model_config import EMBEDDED_CONTEXT, ModelConfig, source_kind
 
 from .config import JobConfig
 from .tasks import TASKS
@@ -14,25 +14,14 @@ from .tasks import TASKS
 def model_context(model: ModelConfig) -> int | None:
     """The model's context in tokens, or None where only loading the model would tell (hub ids,
     GGUF files). Raises ValueError for a local source that does not exist."""
-    source = model.source
-    if source == EMBEDDED_MODEL:
+    kind = source_kind(model.source)
+    if kind == "embedded":
         return EMBEDDED_CONTEXT
-    path = Path(source).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ValueError(f"model.source: GGUF file {str(path)!r} does not exist")
+    config = Path(model.source).expanduser() / "config.json"
+    if kind != "dir" or not config.is_file():
         return None
-    if path.is_dir():
-        config = path / "config.json"
-        if not config.is_file():
-            return None
-        value = json.loads(config.read_text()).get("max_position_embeddings")
-        return int(value) if isinstance(value, int) else None
-    if path.exists():
-        raise ValueError(f"model.source {source!r} is a file; give a model directory, a .gguf file or a hub id")
-    if not HUB_ID_PATTERN.fullmatch(source):
-        raise ValueError(f"model.source: model directory {str(path.resolve())!r} does not exist")
-    return None
+    value = json.loads(config.read_text()).get("max_position_embeddings")
+    return value if isinstance(value, int) else None
 
 
 def explicit_setting(config: JobConfig, dotted: str) -> int | None:
