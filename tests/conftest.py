@@ -28,6 +28,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """(model, tokenizer) of the tiny Llama, loaded once per test module."""
+    from dart.loading import load_model
+    from dart.model_config import ModelConfig
+
+    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`make(**make_tiny_model_dir kwargs) -> dir`; each distinct variant is built once per session."""

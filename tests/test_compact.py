@@ -5,18 +5,11 @@ import torch
 from dart.compact import choose_path, compact_ffn, gather_layer, union_kept
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import load_model
-from dart.model_config import ModelConfig
 from dart.accounting import ModelShape, overhead_flops
 from dart.phase import ForwardPhase
 
 GREEDY = GenerationConfig(max_new_tokens=12, stop_on_eos=False)
 L, D, N = 3, 48, 37          # the tiny model: layers, hidden, FFN width
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
 
 
 def prompts(count, seed=0):

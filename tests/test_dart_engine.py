@@ -20,11 +20,6 @@ METHODS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
-
-
 def prompts(count=8, vocab=250, seed=0):
     gen = torch.Generator().manual_seed(seed)
     lengths = [3, 9, 14, 21, 30, 41, 5, 17][:count]

@@ -6,8 +6,6 @@ from pydantic import ValidationError
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig, PrefillConfig
 from dart.engine import DartEngine
-from dart.loading import load_model
-from dart.model_config import ModelConfig
 from pipeline.identity import dart_settings
 
 TOKENS = 8
@@ -28,11 +26,6 @@ CONFIGS = {
 
 def blockwise(cfg: DartConfig, block_tokens: int, **update) -> DartConfig:
     return cfg.model_copy(update={"prefill": PrefillConfig(mode="blockwise", block_tokens=block_tokens), **update})
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
 
 
 @pytest.fixture

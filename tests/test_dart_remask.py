@@ -4,8 +4,6 @@ import torch
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import load_model
-from dart.model_config import ModelConfig
 from dart.patch import DartMLP
 from dart.accounting import overhead_flops
 from dart.phase import DENSE
@@ -14,11 +12,6 @@ from dart.state import SequenceState
 GEN = GenerationConfig(max_new_tokens=40, stop_on_eos=False)
 # kappa = delta = 0 puts the threshold at the baseline mean, so drift fires often on a random model
 TOUCHY = dict(window=3, kappa=0.0, delta=0.0)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
 
 
 def generate(tiny, cfg, prompt_len=30):

@@ -5,8 +5,6 @@ import torch
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig
 from dart.engine import DartEngine
-from dart.loading import load_model
-from dart.model_config import ModelConfig
 
 TOKENS = 16
 CONFIGS = {
@@ -17,11 +15,6 @@ CONFIGS = {
     "dense": DartConfig(method="dense"),
 }
 TIMINGS = ("prefill_seconds", "decode_seconds")
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
 
 
 @pytest.fixture
