@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .state import SequenceState
 
@@ -54,3 +55,43 @@ class DecodeBatch:
         """Record that the tokens of `append` are in the cache."""
         self.attention_mask = attention_mask
         self.positions = self.positions + token_mask.long().sum(-1)
+
+    @property
+    def joinable(self) -> bool:
+        """Whether rows can be added to this batch: every cache layer a plain growing one (a sliding
+        window layer drops old positions by count, which padding would shift)."""
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def join(self, other: "DecodeBatch") -> None:
+        """Append the rows of `other` (e.g. just prefilled) after these rows: both caches and masks are
+        left-padded to the wider of the two, so every row keeps its cached positions, mask and position
+        ids. `other` is consumed."""
+        if not (self.joinable and other.joinable):
+            raise ValueError("rows can join only a batch whose cache layers are all DynamicLayer")
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([left_pad(mine.keys, width, -2), left_pad(theirs.keys, width, -2)])
+            mine.values = torch.cat([left_pad(mine.values, width, -2), left_pad(theirs.values, width, -2)])
+        self.attention_mask = torch.cat([left_pad(self.attention_mask, width, 1), left_pad(other.attention_mask, width, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.states += other.states
+
+    def trim(self) -> None:
+        """Drop the leading cache positions that no row attends to (padding left by rows that left)."""
+        attended = self.attention_mask.any(0).nonzero()
+        first = int(attended[0]) if len(attended) else self.attention_mask.shape[1]
+        if first == 0 or not self.joinable:
+            return
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+        self.attention_mask = self.attention_mask[:, first:]
+
+
+def left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`tensor` zero-padded on the left of `dim` to `width`."""
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

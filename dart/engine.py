@@ -215,7 +215,7 @@ class DartEngine:
         while True:
             for i, row in enumerate(rows):
                 outputs[row].append(int(tokens[i]))
-                finish[row] = self._finish_reason(len(prompts[row]), outputs[row], gen)
+                finish[row] = self.finish_reason(len(prompts[row]), outputs[row], gen)
             keep = [i for i, row in enumerate(rows) if finish[row] is None]
             if not keep:
                 break
@@ -234,7 +234,7 @@ class DartEngine:
                                                 decode_seconds[b]), states[b].trace)
                 for b in range(count)]
 
-    def _finish_reason(self, prompt_tokens: int, output: list[int], gen: GenerationConfig) -> str | None:
+    def finish_reason(self, prompt_tokens: int, output: list[int], gen: GenerationConfig) -> str | None:
         """Why a row stops after its last token, or None while it goes on."""
         if gen.stop_on_eos and output[-1] in self.eos_ids:
             return "eos"

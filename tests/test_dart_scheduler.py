@@ -1,0 +1,151 @@
+"""Continuous batching (dart/scheduler.py): rows join and leave a running batch, and each row's tokens
+and telemetry equal those of the row generated alone."""
+import pytest
+import torch
+
+from dart.config import DartConfig, DriftConfig, GenerationConfig, PrefillConfig
+from dart.engine import DartEngine
+from dart.scheduler import ContinuousBatcher, Request, generate_continuously, prefill_groups
+
+# what differs between a row alone and in a batch: weight reads are shared among a forward's rows, and
+# the FFN path a forward takes (so its executed FLOPs and mask multiplies) depends on its rows
+BATCH_DEPENDENT = ("prefill_seconds", "decode_seconds", "ffn_flops_executed", "ffn_bytes_dense",
+                   "ffn_bytes_executed", "compact_forwards", "union_forwards", "rowwise_forwards",
+                   "dart_overhead_flops")
+DRIFT = DriftConfig(window=3, kappa=0.0, delta=0.0)
+CONFIGS = {
+    "dart_uniform_m0": DartConfig(method="dart", budget="uniform", keep_ratio=0.5, mask_step=0),
+    "dart_auto_drift": DartConfig(method="dart", budget="auto", keep_ratio=0.5, ranking="max", drift=DRIFT),
+    "dart_reset": DartConfig(method="dart", budget="auto", keep_ratio=0.5, drift=DRIFT.model_copy(update={"policy": "reset"})),
+    "static_m2": DartConfig(method="static", budget="uniform", keep_ratio=0.3, mask_step=2),
+    "griffin": DartConfig(method="griffin", keep_ratio=0.5),
+    "dense": DartConfig(method="dense"),
+    "dart_blockwise": DartConfig(method="dart", budget="auto", keep_ratio=0.5, drift=DRIFT,
+                                 prefill=PrefillConfig(mode="blockwise", block_tokens=8)),
+}
+LENGTHS = [3, 27, 9, 14, 40, 21, 5, 33, 17]
+
+
+def prompts(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 250, (n,), generator=gen).tolist() for n in LENGTHS]
+
+
+def telemetry(result):
+    data = result.telemetry.to_dict()
+    for key in BATCH_DEPENDENT:
+        data.pop(key)
+    return data
+
+
+def assert_close(a, b, path="telemetry"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-5), path
+    else:
+        assert a == b, path
+
+
+@pytest.fixture
+def engine_of(tiny):
+    engines = []
+
+    def make(cfg):
+        if engines:
+            engines.pop().close()
+        engines.append(DartEngine(*tiny, cfg))
+        return engines[-1]
+
+    yield make
+    if engines:
+        engines.pop().close()
+
+
+def early_stops(engine, prompt, gen, at=None):
+    """Make rows finish at different lengths: a token the prompt's row generates (mid-way, or at index
+    `at`) becomes EOS."""
+    tokens = engine.generate([prompt], gen.model_copy(update={"stop_on_eos": False}))[0].token_ids
+    engine.eos_ids = {tokens[len(tokens) // 2 if at is None else at]}
+
+
+def run_batcher(engine, requests, gen, max_rows):
+    """(results by key, whether a row joined a running batch)."""
+    batcher = ContinuousBatcher(engine, gen, max_rows)
+    batcher.submit(requests)
+    out, joined = {}, False
+    while not batcher.idle:
+        running, waiting = len(batcher.rows), len(batcher.waiting)
+        out.update(batcher.step())
+        joined |= 0 < running and len(batcher.waiting) < waiting
+    return out, joined
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("max_rows", [1, 3])
+def test_each_row_equals_it_generated_alone(engine_of, name, max_rows):
+    engine = engine_of(CONFIGS[name])
+    gen = GenerationConfig(max_new_tokens=12)
+    batch = prompts()
+    early_stops(engine, batch[LENGTHS.index(max(LENGTHS))], gen, at=2)   # the first admitted row stops early
+    alone = [engine.generate([p], gen, seeds=[k])[0] for k, p in enumerate(batch)]
+    assert len({len(r.token_ids) for r in alone}) > 1, "rows should finish at different lengths"
+    together, joined = run_batcher(engine, [Request(k, p, k) for k, p in enumerate(batch)], gen, max_rows)
+    assert joined or max_rows == 1
+    for k, result in enumerate(alone):
+        assert together[k].token_ids == result.token_ids, k
+        assert together[k].finish_reason == result.finish_reason, k
+        assert_close(telemetry(together[k]), telemetry(result), f"row {k}")
+
+
+def test_sampled_rows_equal_them_alone_with_their_seeds(engine_of):
+    engine = engine_of(CONFIGS["dart_auto_drift"])
+    gen = GenerationConfig(max_new_tokens=10, temperature=0.8, top_p=0.9, stop_on_eos=False)
+    batch = prompts(seed=1)
+    alone = [engine.generate([p], gen, seeds=[100 + k])[0].token_ids for k, p in enumerate(batch)]
+    together = generate_continuously(engine, [Request(k, p, 100 + k) for k, p in enumerate(batch)], gen, 4)
+    assert [together[k].token_ids for k in range(len(batch))] == alone
+
+
+def test_rows_join_while_others_run_and_the_batch_stays_within_max_rows(engine_of):
+    engine = engine_of(CONFIGS["dart_uniform_m0"])
+    gen = GenerationConfig(max_new_tokens=12)
+    batch = prompts()
+    early_stops(engine, batch[LENGTHS.index(max(LENGTHS))], gen, at=2)   # the first admitted row stops early
+    batcher = ContinuousBatcher(engine, gen, max_rows=3)
+    batcher.submit([Request(k, p, k) for k, p in enumerate(batch)])
+    sizes = []
+    while not batcher.idle:
+        batcher.step()
+        sizes.append(len(batcher.rows))
+    assert max(sizes) == 3
+    assert run_batcher(engine, [Request(k, p, k) for k, p in enumerate(batch)], gen, 3)[1], \
+        "a waiting row should have joined a running batch"
+
+
+def test_a_refused_prompt_comes_back_as_an_error_and_the_others_run(engine_of):
+    engine = engine_of(CONFIGS["dart_uniform_m0"])
+    gen = GenerationConfig(max_new_tokens=4, stop_on_eos=False)
+    batch = prompts()[:3]
+    too_long = [5] * engine.max_context
+    out = generate_continuously(engine, [Request("a", batch[0], 0), Request("long", too_long, 0),
+                                         Request("empty", [], 0), Request("b", batch[1], 0)], gen, 2)
+    assert isinstance(out["long"], ValueError) and "context" in str(out["long"])
+    assert isinstance(out["empty"], ValueError) and "empty" in str(out["empty"])
+    assert out["a"].token_ids == engine.generate([batch[0]], gen)[0].token_ids
+    assert len(out["b"].token_ids) == 4
+
+
+def test_prefill_groups_keep_padding_within_the_bound():
+    assert prefill_groups([100, 98, 95, 50, 49, 10], 4, 0.125) == [3, 2, 1]
+    assert prefill_groups([100, 100, 100, 100, 100], 2, 0.0) == [2, 2, 1]
+    assert prefill_groups([100, 10], 4, 0.125) == [1, 1]
+    assert prefill_groups([], 4, 0.125) == []
+    with pytest.raises(ValueError, match="max_rows"):
+        ContinuousBatcher(None, GenerationConfig(), 0)
