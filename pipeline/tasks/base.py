@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from dart.telemetry import SequenceTelemetry
 
 from ..prompts import Prompt, PromptBuilder, RowError, plain_ids
 from ..settings import InputConfig
+from .batching import SharedBatch
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class GenerationTask:
         self.builder = PromptBuilder(tokenizer, settings.prompt_template, settings.use_chat_template,
                                      settings.system_prompt)
         self.prompt_token_limit = engine.max_context - context.generation.max_new_tokens
+        self.batch = SharedBatch(engine, context.generation, context.batch_size)
 
     def prepare(self, row: dict) -> tuple[Prompt, dict[str, Any]]:
         raise NotImplementedError
@@ -108,7 +109,7 @@ class GenerationTask:
         return -scores.logprobs[0] / scores.token_counts[0]
 
     def run(self, rows: list[tuple[str, dict]]) -> list[dict[str, Any]]:
-        """One output dict per (row id, row), in order."""
+        """One output dict per (row id, row), in order. The rows join the actor's continuous batch."""
         out: list[dict[str, Any] | None] = [None] * len(rows)
         ready = []
         for i, (_, row) in enumerate(rows):
@@ -116,35 +117,20 @@ class GenerationTask:
                 ready.append((i, *self.prepare(row)))
             except RowError as err:
                 out[i] = error_values(err)
-        size = self.context.batch_size
-        for start in range(0, len(ready), size):
-            for i, values in self.generate_batch(rows, ready[start:start + size]):
-                out[i] = values
+        seed = self.context.generation.seed
+        results = self.batch.generate([(prompt.ids, row_seed(seed, rows[i][0])) for i, prompt, _ in ready])
+        for (i, prompt, extra), result in zip(ready, results):
+            out[i] = error_values(result) if isinstance(result, ValueError) else \
+                self.finish_row(rows[i][1], prompt, extra, result)
         return out
 
-    def generate_batch(self, rows, batch):
-        """(row index, output values) for each prepared row of the batch."""
-        gen = self.context.generation
-        seeds = [row_seed(gen.seed, rows[i][0]) for i, _, _ in batch]
-        began = time.perf_counter()
-        try:
-            results = self.engine.generate([p.ids for _, p, _ in batch], gen, seeds=seeds)
-        except ValueError:
-            if len(batch) == 1:
-                raise
-            # One row the engine refuses must not sink the others: run each alone.
-            for one in batch:
-                try:
-                    yield from self.generate_batch(rows, [one])
-                except ValueError as err:
-                    yield one[0], error_values(err)
-            return
-        seconds = time.perf_counter() - began
-        for (i, prompt, extra), result in zip(batch, results):
-            text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
-            values = self.finish(rows[i][1], text, extra)
-            if self.context.settings.reference_nll:
+    def finish_row(self, row: dict, prompt: Prompt, extra: dict[str, Any], result) -> dict[str, Any]:
+        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+        values = self.finish(row, text, extra)
+        if self.context.settings.reference_nll:
+            with self.batch.lock:
                 values["reference_nll"] = self.reference_nll(prompt.ids, self.nll_reference(values))
-            values.update(telemetry_values(result.telemetry), output=values.get("output", text),
-                          finish_reason=result.finish_reason, batch_seconds=seconds, status="ok")
-            yield i, values
+        telemetry = result.telemetry
+        values.update(telemetry_values(telemetry), output=values.get("output", text), finish_reason=result.finish_reason,
+                      batch_seconds=telemetry.prefill_seconds + telemetry.decode_seconds, status="ok")
+        return values

@@ -2,6 +2,7 @@
 masks DART forms from the prompt; no text is generated."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ class LabelTask:
         self.context, self.tokenizer, self.engine = context, tokenizer, engine
         cfg = context.settings
         self.builder = PromptBuilder(tokenizer, cfg.prompt_template, cfg.use_chat_template, cfg.system_prompt)
+        self.lock = threading.Lock()     # an actor may run several items' calls at once; one engine
 
     def choices(self, row: dict) -> list[str]:
         cfg, column = self.context.settings, self.context.input.choices_column
@@ -102,7 +104,8 @@ class LabelTask:
         out = []
         for _, row in rows:
             try:
-                out.append(self.label_row(row))
+                with self.lock:
+                    out.append(self.label_row(row))
             except ValueError as err:   # RowError, or the engine refusing this row
                 out.append(error_values(err))
         return out
