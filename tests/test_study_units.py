@@ -155,23 +155,29 @@ def test_shipped_xsum_study_is_the_papers_setting():
 
 
 # ---- report on hand-made results --------------------------------------------------------------------
-def hand_results(quality: dict[str, list[float]], sparsity: dict[str, float], drift: dict[str, int]) -> pd.DataFrame:
+def hand_results(quality: dict[str, list[float]], sparsity: dict[str, float], drift: dict[str, int],
+                 flops: dict[str, float] | None = None) -> pd.DataFrame:
     """One summarize dataset: per config, items with the given ROUGE-L; outputs equal to dense when the
-    quality is; 10 generated tokens each; dart items fire `drift` events at token 5."""
+    quality is; 10 generated tokens each; dart items fire `drift` events at token 5; every item of a config
+    executes `flops` of its dense FFN FLOPs (default all); variants named dart_block* prune the prompt."""
     rows = []
     for config, values in quality.items():
         variant, _, budget = config.partition("@")
+        blockwise = variant.startswith("dart_block")
         for i, q in enumerate(values):
             s = sparsity[config]
             rows.append({
                 "dataset": "toy", "task": "summarize", "variant": variant, "budget": budget or "-", "config": config,
-                "method": variant, "budget_kind": "auto" if budget else "-", "target_sparsity": 0.5 if budget else 0.0,
+                "method": "dart" if blockwise else variant, "budget_kind": "auto" if budget else "-",
+                "prefill_mode": "blockwise" if blockwise else "dense", "target_sparsity": 0.5 if budget else 0.0,
                 "id": f"doc{i}", "status": "ok", "model": "hand", "output": "same words" if q == quality["dense"][i]
                 else f"other words {i}", "rouge_l": q, "rouge_1": q, "rouge_2": q / 2, "reference_nll": 2.0 + s,
                 "generated_tokens": 10, "applied_sparsity": s, "sparsity_per_token": [s] * 10,
                 "drift_events": drift.get(config, 0), "drift_positions": [5] * drift.get(config, 0),
-                "kept_fraction_per_layer": [1 - s, 1 - s, 1 - s], "ffn_flops_dense": 100, "ffn_flops_kept": 100 - int(100 * s),
-                "ffn_flops_executed": 100, "dart_state_bytes": 1024, "prefill_seconds": 0.1, "decode_seconds": 0.9})
+                "kept_fraction_per_layer": [1 - s, 1 - s, 1 - s], "ffn_flops_dense": 1000,
+                "ffn_flops_kept": 1000 - int(1000 * s), "ffn_flops_executed": round(1000 * (flops or {}).get(config, 1.0)),
+                "prompt_tokens": 30, "prompt_applied_sparsity": s if blockwise else 0.0, "prefill_blocks": 3 if blockwise else 1,
+                "dart_state_bytes": 1024, "prefill_seconds": 0.1, "decode_seconds": 0.9})
     return derive(pd.DataFrame(rows), "dense")
 
 

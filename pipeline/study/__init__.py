@@ -5,6 +5,7 @@
     results.py   results.parquet: every run's rows with study labels and derived per-item columns
     stats.py     bootstrap intervals over items
     report.py    summary.csv, comparisons.csv, report.md
+    answer.py    the plain answer on cost: quality at equal end-to-end FFN FLOPs (equal_cost.csv), savings
     plots.py     the PNG plots
 
 The study imports the run path (pipeline.config, pipeline.driver, ...); the run path never imports

@@ -53,6 +53,9 @@ class StudySettings(FrozenModel):
     seed: int = Field(0, description="Seed of the bootstrap.")
     equal_sparsity_tolerance: float = Field(0.02, ge=0, description="Two configs apply equal sparsity when "
                                             "their token-weighted applied sparsities differ by at most this.")
+    equal_flops_tolerance: float = Field(0.02, ge=0, description="Two configs cost the same when their end-to-end "
+                                         "executed FFN FLOPs over dense (prompt and generated tokens) differ by "
+                                         "at most this.")
 
 
 class StudyConfig(FrozenModel):

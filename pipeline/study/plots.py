@@ -1,4 +1,5 @@
-"""PNG plots of a study (matplotlib, Agg): Pareto, drift positions, per-layer keep ratios, cost.
+"""PNG plots of a study (matplotlib, Agg): quality against end-to-end FFN FLOPs (the main view) and
+against applied sparsity, drift positions, per-layer keep ratios, cost.
 
 One file per plot and dataset, named `<plot>_<dataset>.png`. Every figure says in its title what
 it shows, so a reader can follow the result from the plots alone.
@@ -55,6 +56,43 @@ def _err(row: pd.Series, name: str) -> list[list[float]]:
     return [[max(row[name] - low, 0.0)], [max(high - row[name], 0.0)]]
 
 
+def cost_quality(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, baseline: str) -> None:
+    """Quality and agreement with the baseline against executed FFN FLOPs over dense (prompt and generated
+    tokens), CI bars both ways; each variant's configs joined by cost, through the baseline at full cost."""
+    plt = _pyplot()
+    data = summary[summary["dataset"] == dataset]
+    metric = quality_metrics(data["task"].iloc[0])[0][1]
+    panels = [("quality", f"{metric} vs reference (higher is better)"),
+              ("dense_rouge_l", f"agreement with {baseline} output, ROUGE-L (higher is better)")]
+    palette, markers = _style(data)
+    base = data[data["variant"] == baseline]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.2), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels):
+        for variant, group in data.groupby("variant", sort=False):
+            line = pd.concat([group, base]) if variant != baseline else group
+            line = line.dropna(subset=["executed_flops_ratio", column]).sort_values("executed_flops_ratio")
+            ax.plot(line["executed_flops_ratio"], line[column], color=palette[variant], lw=0.9, alpha=0.6)
+        for k, (_, row) in enumerate(data.iterrows()):
+            if pd.isna(row[column]) or pd.isna(row["executed_flops_ratio"]):
+                continue
+            color, marker = palette[row["variant"]], markers[row["budget"]]
+            ax.errorbar([row["executed_flops_ratio"]], [row[column]], xerr=_err(row, "executed_flops_ratio"),
+                        yerr=_err(row, column), fmt=marker, color=color, ms=9, capsize=3, label=row["config"],
+                        mfc="none" if row["prefill_mode"] == "dense" and row["variant"] != baseline else color)
+            ax.annotate(row["config"], (row["executed_flops_ratio"], row[column]), textcoords="offset points",
+                        xytext=(6, 6 + 11 * (k % 3)), fontsize=8, color=color)
+        ax.set_xlabel("FFN FLOPs executed / dense, prompt + generated tokens (telemetry)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best")
+    n = int(data["ok_items"].max())
+    fig.suptitle(f"{dataset}: quality against end-to-end FFN compute ({n} items, {confidence:.0%} bootstrap CIs "
+                 f"on both axes; hollow = dense prompt, filled = pruned prompt)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def pareto(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, baseline: str) -> None:
     """Quality (and agreement, NLL) against applied sparsity, CI bars both ways; target sparsity hollow."""
     plt = _pyplot()
@@ -88,7 +126,7 @@ def pareto(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, b
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best")
     n = int(data["ok_items"].max())
-    fig.suptitle(f"{dataset}: quality against the sparsity actually applied ({n} items, {confidence:.0%} bootstrap "
+    fig.suptitle(f"{dataset}: quality against the sparsity applied per generated token ({n} items, {confidence:.0%} bootstrap "
                  f"CIs; hollow marker = configured target, filled = applied)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -209,7 +247,8 @@ def plot_all(results: pd.DataFrame, summary: pd.DataFrame, study: StudyConfig, r
     """Every plot of every dataset; returns the written paths."""
     written = []
     for dataset in summary["dataset"].unique():
-        paths = {name: root / f"{name}_{dataset}.png" for name in ("pareto", "drift", "layers", "cost")}
+        paths = {name: root / f"{name}_{dataset}.png" for name in ("cost_quality", "pareto", "drift", "layers", "cost")}
+        cost_quality(summary, dataset, paths["cost_quality"], study.study.confidence, study.study.baseline)
         pareto(summary, dataset, paths["pareto"], study.study.confidence, study.study.baseline)
         drift(results, summary, dataset, paths["drift"])
         layer_heatmap(results, summary, dataset, paths["layers"])

@@ -1,8 +1,9 @@
 """The study report: per-config table with bootstrap CIs, paired comparisons, written findings, plots.
 
 Every number is read from per-item results (pipeline.study.results): quality from the task's
-metrics, sparsity from telemetry (token-weighted FFN sparsity applied per generated token), never
-from the configured budget.
+metrics, cost from telemetry, never from the configured budget. The main axis is the end-to-end
+cost, executed FFN FLOPs over prompt and generated tokens against dense (pipeline.study.answer);
+the sparsity applied per generated token is the second view.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..storage import write_atomic_bytes
+from .answer import answer_lines, cost_frame, paired_flops
 from .config import StudyConfig
 from .plots import plot_all
 from .results import quality_metrics
@@ -56,10 +58,13 @@ def summary_frame(results: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
         ok, first = _ok(group), group.iloc[0]
         base = _ok(results[(results["dataset"] == dataset) & (results["variant"] == study.study.baseline)])
         row = {key: first[key] for key in ("dataset", "config", "task", "variant", "budget", "method",
-                                            "budget_kind", "target_sparsity")}
+                                            "budget_kind", "prefill_mode", "target_sparsity")}
         row.update(items=len(group), ok_items=len(ok), error_items=len(group) - len(ok))
-        tokens = ok["generated_tokens"].astype(float)
+        _put(row, "executed_flops_ratio", bootstrap_ratio(ok["ffn_flops_executed"], ok["ffn_flops_dense"], **boot))
+        tokens, prompt = ok["generated_tokens"].astype(float), ok["prompt_tokens"].astype(float)
         _put(row, "applied_sparsity", bootstrap_ratio(ok["applied_sparsity"] * tokens, tokens, **boot))
+        _put(row, "prompt_applied_sparsity", bootstrap_ratio(ok["prompt_applied_sparsity"] * prompt, prompt, **boot))
+        row["prefill_blocks_per_item"] = ok["prefill_blocks"].mean()
         for column, _ in quality_metrics(first["task"]) + AGREEMENT:
             values = ok[column] if column in ok else pd.Series(dtype=float)
             _put(row, column, bootstrap_mean(pd.to_numeric(values, errors="coerce"), **boot))
@@ -71,7 +76,6 @@ def summary_frame(results: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
         row["generated_tokens_per_item"] = tokens.mean()
         dense_flops = ok["ffn_flops_dense"].sum()
         row["kept_flops_ratio"] = ok["ffn_flops_kept"].sum() / dense_flops if dense_flops else np.nan
-        row["executed_flops_ratio"] = ok["ffn_flops_executed"].sum() / dense_flops if dense_flops else np.nan
         row["state_bytes_mean"] = ok["dart_state_bytes"].mean()
         row["state_bytes_max"] = ok["dart_state_bytes"].max()
         rows.append(row)
@@ -122,18 +126,22 @@ def comparisons_frame(results: pd.DataFrame, summary: pd.DataFrame, study: Study
                 agree = paired_difference(*_paired(ra, rb, "dense_rouge_l"), **boot)
                 s_a, s_b = float(sa["applied_sparsity"].iloc[0]), float(sb["applied_sparsity"].iloc[0])
                 row = {"dataset": dataset, "a": f"{a}@{budget}", "b": f"{b}@{budget}", "metric": metric,
-                       "paired_items": diff.n, "applied_sparsity_a": s_a, "applied_sparsity_b": s_b,
+                       "paired_items": diff.n, "executed_flops_a": float(sa["executed_flops_ratio"].iloc[0]),
+                       "executed_flops_b": float(sb["executed_flops_ratio"].iloc[0]),
+                       "applied_sparsity_a": s_a, "applied_sparsity_b": s_b,
                        "equal_sparsity": abs(s_a - s_b) <= study.study.equal_sparsity_tolerance,
                        "verdict": verdict(f"{a}@{budget}", f"{b}@{budget}", metric, diff, s_a, s_b,
                                           study.study.equal_sparsity_tolerance)}
                 _put(row, "quality_diff", diff)
                 _put(row, "agreement_diff", agree)
+                _put(row, "flops_diff", paired_flops(results, dataset, f"{a}@{budget}", f"{b}@{budget}", boot))
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
 def findings(summary: pd.DataFrame, comparisons: pd.DataFrame, study: StudyConfig) -> list[str]:
-    """Plain-language lines per dataset: quality retained at the applied sparsity, then the verdicts."""
+    """Plain-language lines per dataset: quality retained at its end-to-end cost and applied sparsity, then
+    the verdicts at equal applied sparsity."""
     lines = []
     for dataset in summary["dataset"].unique():
         in_ds = summary[summary["dataset"] == dataset]
@@ -141,12 +149,15 @@ def findings(summary: pd.DataFrame, comparisons: pd.DataFrame, study: StudyConfi
         lines.append(f"**{dataset}** ({int(in_ds['items'].max())} items, quality = {metric}):")
         for _, row in in_ds.iterrows():
             if row["variant"] == study.study.baseline:
-                lines.append(f"- {row['config']} (baseline): {metric} {_est(row, 'quality').format()} at applied "
-                             f"sparsity {row['applied_sparsity']:.3f}.")
+                lines.append(f"- {row['config']} (baseline): {metric} {_est(row, 'quality').format()} at "
+                             f"{row['executed_flops_ratio']:.3f} of dense FFN FLOPs, applied sparsity "
+                             f"{row['applied_sparsity']:.3f}.")
                 continue
             lines.append(
                 f"- {row['config']}: retains {_est(row, 'retained').format('{:.1%}')} of {study.study.baseline} "
-                f"{metric} ({row['quality']:.4f}) at applied FFN sparsity {row['applied_sparsity']:.3f} "
+                f"{metric} ({row['quality']:.4f}) at {_est(row, 'executed_flops_ratio').format()} of dense FFN "
+                f"FLOPs end to end ({row['prefill_mode']} prefill, prompt sparsity {row['prompt_applied_sparsity']:.3f}), "
+                f"applied FFN sparsity {row['applied_sparsity']:.3f} per generated token "
                 f"(target {row['target_sparsity']:.2f}); output agreement with {study.study.baseline} "
                 f"(ROUGE-L) {row['dense_rouge_l']:.3f}; {row['drift_events_per_item']:.2f} drift events per item.")
         for _, row in comparisons[comparisons["dataset"] == dataset].iterrows() if len(comparisons) else []:
@@ -166,16 +177,19 @@ def _f(value: Any, fmt: str = "{:.3f}") -> str:
 
 def results_table(summary: pd.DataFrame) -> str:
     """The main table: one line per config."""
-    headers = ["dataset", "config", "items (errors)", "target sparsity", "applied sparsity [95% CI]", "quality [CI]",
-               "retained vs dense [CI]", "agreement w/ dense ROUGE-L [CI]", "ref. NLL/token [CI]",
-               "drift events/item", "tokens/s/seq", "kept FLOPs", "executed FLOPs", "state KiB"]
+    headers = ["dataset", "config", "items (errors)", "executed FFN FLOPs vs dense [95% CI]", "quality [CI]",
+               "retained vs dense [CI]", "agreement w/ dense ROUGE-L [CI]", "target sparsity",
+               "applied sparsity, generated [CI]", "prompt sparsity", "prefill blocks/item", "ref. NLL/token [CI]",
+               "drift events/item", "tokens/s/seq", "kept FLOPs", "state KiB"]
     rows = []
     for _, r in summary.iterrows():
-        rows.append([r["dataset"], r["config"], f"{r['items']} ({r['error_items']})", _f(r["target_sparsity"], "{:.2f}"),
-                     _est(r, "applied_sparsity").format(), _est(r, "quality").format("{:.4f}"),
+        rows.append([r["dataset"], r["config"], f"{r['items']} ({r['error_items']})",
+                     _est(r, "executed_flops_ratio").format(), _est(r, "quality").format("{:.4f}"),
                      _est(r, "retained").format("{:.1%}"), _est(r, "dense_rouge_l").format(),
+                     _f(r["target_sparsity"], "{:.2f}"), _est(r, "applied_sparsity").format(),
+                     _f(r["prompt_applied_sparsity"]), _f(r["prefill_blocks_per_item"], "{:.1f}"),
                      _est(r, "reference_nll").format(), _f(r["drift_events_per_item"], "{:.2f}"),
-                     _f(r["tokens_per_second"], "{:.1f}"), _f(r["kept_flops_ratio"]), _f(r["executed_flops_ratio"]),
+                     _f(r["tokens_per_second"], "{:.1f}"), _f(r["kept_flops_ratio"]),
                      _f(r["state_bytes_mean"] / 1024, "{:.1f}")])
     return markdown_table(headers, rows)
 
@@ -194,16 +208,19 @@ def comparisons_table(comparisons: pd.DataFrame) -> str:
     if comparisons.empty:
         return "No paired comparison applies (study.compare names no pair that ran at a common budget)."
     rows = [[r["dataset"], f"{r['a']} - {r['b']}", str(r["paired_items"]),
+             f"{r['executed_flops_a']:.3f} / {r['executed_flops_b']:.3f}",
+             _est(r.rename({"paired_items": "ok_items"}), "flops_diff").format("{:+.3f}"),
              f"{r['applied_sparsity_a']:.3f} / {r['applied_sparsity_b']:.3f}", "yes" if r["equal_sparsity"] else "no",
              _est(r.rename({"paired_items": "ok_items"}), "quality_diff").format("{:+.4f}"),
              _est(r.rename({"paired_items": "ok_items"}), "agreement_diff").format("{:+.4f}")]
             for _, r in comparisons.iterrows()]
-    return markdown_table(["dataset", "a - b", "paired items", "applied sparsity a / b", "equal (tol.)",
-                           "quality diff [CI]", "agreement diff [CI]"], rows)
+    return markdown_table(["dataset", "a - b", "paired items", "executed FLOPs a / b", "FLOPs diff [CI]",
+                           "applied sparsity a / b", "equal sparsity (tol.)", "quality diff [CI]",
+                           "agreement diff [CI]"], rows)
 
 
-def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: pd.DataFrame, lines: list[str],
-                    plots: list[Path], study: StudyConfig) -> str:
+def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: pd.DataFrame, answer: list[str],
+                    lines: list[str], plots: list[Path], study: StudyConfig) -> str:
     s = study.study
     model = results["model"].dropna().iloc[0] if results["model"].notna().any() else "?"
     parts = [
@@ -211,12 +228,20 @@ def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: p
         f"Model `{model}`; datasets {', '.join(summary['dataset'].unique())}; {len(summary)} configs; "
         f"{int(summary['items'].max())} items per config. Intervals: {s.confidence:.0%} percentile bootstrap over "
         f"items ({s.bootstrap_samples} resamples, seed {s.seed}); differences are paired by item.", "",
+        "## Plain answer: quality against end-to-end FFN FLOPs", "", *answer,
         "## Findings", "", *lines,
         "## Results", "", results_table(summary), "",
         "## All quality metrics", "", metrics_table(summary), "",
         "## Paired comparisons (same items)", "", comparisons_table(comparisons), "",
         "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",
         "## How to read this", "",
+        "- *Executed FFN FLOPs vs dense* (the cost, the main axis): FFN FLOPs computed over the prompt and the "
+        "generated tokens, summed over items, over those of a dense run of the same tokens; with the prompt run "
+        "dense it stays near 1 whatever the decode sparsity. Its interval resamples items like the quality's.",
+        f"- *Equal cost* means within {s.equal_flops_tolerance} of dense FLOPs. *Interpolated*: a variant's quality "
+        f"at another config's cost, linear in cost between the variant's two configs around it ({s.baseline} "
+        "counting as every variant at cost 1), weights from the cost point estimates, items paired; an estimate "
+        "between measured points, not a measurement.",
         "- *Applied sparsity*: the FFN sparsity actually applied to produce each generated token, from the "
         "engine's telemetry, token-weighted over all generated tokens. Dense calibration forwards (the prefill, "
         "and the first forward of each new epoch after a drift event) count as 0. *Target*: the configured budget.",
@@ -225,8 +250,9 @@ def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: p
         "- *Reference NLL*: teacher-forced mean negative log-likelihood per reference token after the prompt, "
         "under the masks formed from the prompt (no drift inside the reference, so static and DART at one budget "
         "score the same); lower is better.",
-        "- *kept FLOPs*: FFN FLOPs of kept neurons over dense (prompt and generated tokens). *executed FLOPs*: "
-        "what was computed; masked batches compute every neuron (1.0), only the compact path saves.",
+        "- *kept FLOPs*: FFN FLOPs of kept neurons over dense (prompt and generated tokens); executed FLOPs differ "
+        "because masked forwards compute every neuron and only the gathered paths (compact, union, rowwise prompt "
+        "blocks) save. *Prompt sparsity*: FFN sparsity applied to prompt tokens (0 with a dense prefill).",
         "- *tokens/s/seq*: generated tokens over the sequence's prefill + decode time inside its batch; machines "
         "shared with other work make it noisy.",
         f"- Equal applied sparsity means within {s.equal_sparsity_tolerance}.",
@@ -237,13 +263,16 @@ def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: p
 
 
 def write_report(results: pd.DataFrame, study: StudyConfig, root: Path) -> dict[str, Any]:
-    """summary.csv, comparisons.csv, the PNG plots and report.md in root; returns their paths."""
+    """summary.csv, comparisons.csv, equal_cost.csv, the PNG plots and report.md in root; returns their paths."""
     summary = summary_frame(results, study)
     comparisons = comparisons_frame(results, summary, study)
+    costs = cost_frame(results, summary, study, _boot(study))
     summary.to_csv(root / "summary.csv", index=False)
     comparisons.to_csv(root / "comparisons.csv", index=False)
+    costs.to_csv(root / "equal_cost.csv", index=False)
     plots = plot_all(results, summary, study, root)
-    text = markdown_report(results, summary, comparisons, findings(summary, comparisons, study), plots, study)
+    answer = answer_lines(summary, comparisons, costs, study)
+    text = markdown_report(results, summary, comparisons, answer, findings(summary, comparisons, study), plots, study)
     write_atomic_bytes(root / "report.md", text.encode())
     return {"report": str(root / "report.md"), "summary_csv": str(root / "summary.csv"),
-            "plots": [str(p) for p in plots], "summary": summary, "comparisons": comparisons}
+            "plots": [str(p) for p in plots], "summary": summary, "comparisons": comparisons, "costs": costs}

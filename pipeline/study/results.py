@@ -2,7 +2,8 @@
 
 results.parquet has one row per item x config. The report reads only this table: quality from the
 task's metrics (the task registry), sparsity from telemetry, agreement against the baseline's output
-of the same item.
+of the same item, and the end-to-end cost: `executed_flops_ratio`, the FFN FLOPs the item's sequence
+executed over the prompt and the generated tokens against a dense run of the same tokens.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def run_table(run: StudyRun, summary: dict[str, Any]) -> pd.DataFrame | None:
     dart = run.config.dart
     labels = {"dataset": run.dataset, "task": run.config.task, "variant": run.variant,
               "budget": run.budget or "-", "config": run.label, "method": dart.method,
-              "budget_kind": dart.budget if dart.prunes else "-",
+              "budget_kind": dart.budget if dart.prunes else "-", "prefill_mode": dart.prefill.mode,
               "target_sparsity": dart.target_sparsity if dart.prunes else 0.0, "run_dir": summary["run_dir"]}
     return pd.concat([pd.DataFrame({k: [v] * len(frame) for k, v in labels.items()}, index=frame.index), frame],
                      axis=1)
