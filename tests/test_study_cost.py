@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_study_units import hand_results
 
-from pipeline.study.answer import bracket, better, cost_frame, curve, frontier
+from pipeline.study.answer import bracket, better, curve, dominated, frontier
 from pipeline.study.config import StudyConfig, expand, load_study
 from pipeline.study.report import write_report
 from pipeline.study.stats import Estimate, paired_ratio_difference
@@ -71,6 +71,8 @@ def test_curve_bracket_and_frontier():
     assert (lo, hi) == ("dart_block@a30", "dense") and w_lo == pytest.approx(0.15) and w_hi == pytest.approx(0.85)
     assert bracket(points, 0.5) is None and bracket(points, 1.0) is None
     assert frontier(summary) == ["dart_block@a50", "dart_block@a30", "dense"]
+    # static@a50 (0.97, 0.20) and dart@a50 (0.975, 0.22) are both beaten by dart_block@a30 (0.8, 0.28).
+    assert dominated(summary) == {"static@a50": "dart_block@a30", "dart@a50": "dart_block@a30"}
 
 
 def test_cost_frame_equal_and_interpolated_differences(tmp_path):
@@ -104,7 +106,7 @@ def test_report_answers_plainly(tmp_path):
     assert "at static@a50's cost (0.970 of dense FLOPs)" in answer
     assert "(between dart_block@a30 at 0.800 and dense at 1.000): dart_block has the better ROUGE-L" in answer
     assert "dart_block@a50 (blockwise prefill against dense) saves 0.375 [0.375, 0.375] of dense FFN FLOPs" in answer
-    assert "Frontier" in answer and "dart_block@a50 (0.600" in answer
+    assert "Frontier" in answer and "dart_block@a50 (0.600" in answer and "static@a50 (by dart_block@a30)" in answer
     assert "![cost_quality_toy](cost_quality_toy.png)" in text
 
 

@@ -140,6 +140,18 @@ def frontier(in_ds: pd.DataFrame) -> list[str]:
     return kept
 
 
+def dominated(in_ds: pd.DataFrame) -> dict[str, str]:
+    """Each config off the frontier, with the best-quality config that costs no more and scores no less."""
+    points = in_ds.dropna(subset=[COST, "quality"])
+    on = set(frontier(in_ds))
+    out = {}
+    for _, row in points[~points["config"].isin(on)].iterrows():
+        better_ones = points[(points[COST] <= row[COST]) & (points["quality"] >= row["quality"])
+                             & (points["config"] != row["config"])]
+        out[row["config"]] = better_ones.sort_values(["quality", COST], ascending=[False, True])["config"].iloc[0]
+    return out
+
+
 # ---- written answer ------------------------------------------------------------------------------
 def _interval(est: Estimate) -> str:
     return f"{est.value:+.4f} [{est.low:+.4f}, {est.high:+.4f}]"
@@ -206,8 +218,10 @@ def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.Dat
         points = in_ds.set_index("config")
         lines += [f"**{dataset}** (quality = {metric}; cost = executed FFN FLOPs over prompt and generated tokens, "
                   "as a fraction of dense):", f"- Cost by variant: {'; '.join(ranges)}.",
-                  "- Frontier (no other config is both cheaper and better, by point estimates): " + ", ".join(
-                      f"{c} ({points.loc[c, COST]:.3f}, {points.loc[c, 'quality']:.4f})" for c in frontier(in_ds)) + "."]
+                  "- Frontier (no other config is both cheaper and better, by point estimates; cost, quality): "
+                  + ", ".join(f"{c} ({points.loc[c, COST]:.3f}, {points.loc[c, 'quality']:.4f})" for c in frontier(in_ds))
+                  + ". Off it, each with a config that costs no more and scores no less: "
+                  + (", ".join(f"{c} (by {d})" for c, d in dominated(in_ds).items()) or "none") + "."]
         here = costs[costs["dataset"] == dataset] if len(costs) else costs
         equal = here[here["kind"] == "equal"] if len(here) else here
         if len(equal):
@@ -216,7 +230,7 @@ def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.Dat
         else:
             lines.append(f"- No two configs run at equal end-to-end FLOPs (within {s.equal_flops_tolerance}).")
         interpolated = here[here["kind"] == "interpolated"] if len(here) else here
-        lines += [f"- Along the frontier (interpolated, not measured): {cost_sentence(r, s.baseline)}"
+        lines += [f"- Interpolated (an estimate between measured configs): {cost_sentence(r, s.baseline)}"
                   for _, r in interpolated.iterrows()]
         mine = comparisons[comparisons["dataset"] == dataset] if len(comparisons) else comparisons
         lines += [f"- At the same budget: {saving_sentence(r, summary, s.equal_flops_tolerance)}"
