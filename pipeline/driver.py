@@ -7,15 +7,17 @@ from typing import Any
 
 from .config import JobConfig
 from .job import Job
-from .pool import run_items
+from .pool import WorkerPool, run_items
 from .storage import check_durable_output
 
 log = logging.getLogger(__name__)
 
 
-def run_job(config: JobConfig) -> dict[str, Any]:
+def run_job(config: JobConfig, pool: WorkerPool | None = None) -> dict[str, Any]:
     """Run (or resume) a job to completion, or up to control.max_items; returns the summary.
-    The run is held by this driver throughout (a second driver on it refuses: RunBusy)."""
+    The run is held by this driver throughout (a second driver on it refuses: RunBusy). `pool`: actors
+    shared with other jobs of the same model and pool settings (pipeline.pool.pool_key); None starts
+    the job's own and kills them at its end."""
     began = time.perf_counter()
     check_durable_output(config.output.dir)
     job = Job.open(config)
@@ -30,7 +32,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         generated = 0
         if todo:
             job.run.unfinish()
-            generated = run_items(job, todo)
+            generated = run_items(job, todo, pool)
         wall = time.perf_counter() - began
         return job.close({"skipped_items": skipped, "wall_seconds": wall,
                           "tokens_per_second": generated / wall if wall > 0 else None})

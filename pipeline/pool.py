@@ -1,19 +1,21 @@
-"""The Ray actor pool: items go to idle actors; a failed attempt is retried up to pool.max_attempts."""
+"""The Ray actor pool: actors hosting one model, started on a job's first use and killed on close; the
+jobs of a study that share the model and the pool's resources run on them one after another."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
-from collections import deque
 from typing import Iterator
 
 from .config import JobConfig
-from .plan import WorkItem
+from .dispatch import dispatch
 from .job import Job
 from .placement import check_placement
+from .plan import WorkItem
 from .signals import stop_on_sigterm
-from .worker import DartWorker
+from .worker import DartWorker, WorkerSetup
 
 log = logging.getLogger(__name__)
 
@@ -80,124 +82,107 @@ def start_local_ray(num_cpus: int | None) -> None:
     log.info("started a local Ray on 127.0.0.1")
 
 
-def start_actors(job: Job) -> list:
-    """num_actors DartWorkers; waits until each has loaded its model (a load error stops the job)."""
-    import ray
-
-    pool = job.config.pool
-    connect_ray(job.config)
-    stop_on_sigterm()
-    check_placement(pool)
-    actor_cls = ray.remote(DartWorker).options(
-        num_cpus=pool.cpus_per_actor, num_gpus=pool.num_gpus_per_actor,
-        max_restarts=pool.max_restarts, max_task_retries=0, max_concurrency=1)
-    args = job.worker_args()
-    actors = [actor_cls.remote(*args) for _ in range(pool.num_actors)]
-    try:
-        infos = ray.get([a.describe.remote() for a in actors])
-    except ray.exceptions.RayActorError as err:
-        raise RuntimeError(f"a worker failed to start (model load?): {err}") from None
-    for info in infos:
-        log.info("actor %s on node %s, device %s", info["actor_id"][:8], info["node_id"][:8], info["device"])
-    try:
-        job.check_models({info["model_fingerprint"] for info in infos})
-    except ValueError:
-        for actor in actors:
-            ray.kill(actor)
-        raise
-    return actors
+# The pool settings fixed when an actor starts; the others (batch_size, max_attempts,
+# in_flight_per_actor) are read per job, so jobs differing only in them share actors.
+ACTOR_SETTINGS = frozenset({"num_actors", "num_gpus_per_actor", "cpus_per_actor", "max_restarts", "ray_address",
+                            "local_num_cpus", "placement_timeout_s"})
 
 
-def progress_bar(job: Job, total: int):
-    from tqdm import tqdm
+def pool_key(config: JobConfig) -> str:
+    """What a job's actors are: its model section and the pool's actor settings. Jobs with equal keys
+    can run on the same actors."""
+    return json.dumps({"model": config.model.model_dump(mode="json"),
+                       "pool": config.pool.model_dump(mode="json", include=set(ACTOR_SETTINGS))}, sort_keys=True)
 
-    return tqdm(total=total, unit="item", desc=job.config.task, disable=not job.config.control.progress,
-                dynamic_ncols=True)
 
+class WorkerPool:
+    """pool.num_actors DartWorkers for the jobs of one pool_key, started by the first job that has
+    items to run and killed on close (a context manager). Each job reconfigures every actor's engine
+    and has its model fingerprints checked against its run before its items go out."""
 
-class ActorPool:
-    """Which actors take items. An actor whose item died with it takes nothing until it answers again
-    (Ray restarted it, up to pool.max_restarts); one that cannot answer is dropped from the pool."""
+    def __init__(self, config: JobConfig) -> None:
+        self.key, self.pool = pool_key(config), config.pool
+        self.actors: list = []
 
-    def __init__(self, actors: list, per_actor: int) -> None:
-        self.actors, self.per_actor = actors, per_actor
-        self.load = [0] * len(actors)
-        self.alive = set(range(len(actors)))
-        self.probes: dict = {}     # describe() ObjectRef -> actor index
+    def __enter__(self) -> "WorkerPool":
+        return self
 
-    def free(self) -> list[int]:
-        paused = set(self.probes.values())
-        return [a for a in sorted(self.alive - paused) if self.load[a] < self.per_actor]
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-    def lost_item(self, a: int) -> None:
-        if a in self.alive and a not in self.probes.values():
-            self.probes[self.actors[a].describe.remote()] = a
-
-    def answered(self, ref) -> None:
+    def close(self) -> None:
         import ray
 
-        a = self.probes.pop(ref)
-        try:
-            info = ray.get(ref)
-            log.warning("actor %d is back (pid %s); giving it items again", a, info["pid"])
-        except ray.exceptions.ActorUnavailableError:   # restarting: ask again shortly
-            time.sleep(0.5)
-            self.probes[self.actors[a].describe.remote()] = a
-        except ray.exceptions.RayActorError as err:
-            self.alive.discard(a)
-            log.error("actor %d is dead (%s); %d actor(s) left", a, type(err).__name__, len(self.alive))
-
-
-def run_items(job: Job, todo: list[WorkItem]) -> int:
-    """Run every item in todo to a written part; returns the generated tokens of this invocation."""
-    import ray
-
-    pool = job.config.pool
-    actors = start_actors(job)
-    workers = ActorPool(actors, pool.in_flight_per_actor)
-    queue = deque((item, 1) for item in todo)
-    rows_of: dict[str, object] = {}
-    in_flight: dict = {}          # ObjectRef -> (actor index, item, attempt)
-    rows_done, generated, began = 0, 0, time.perf_counter()
-    bar = progress_bar(job, len(todo))
-    try:
-        while queue or in_flight:
-            for a in workers.free():  # fill idle slots, keeping items in plan order
-                while queue and workers.load[a] < pool.in_flight_per_actor:
-                    item, attempt = queue.popleft()
-                    if item.item_id not in rows_of:
-                        rows_of[item.item_id] = job.rows(item)
-                    ref = actors[a].run_item.remote(item, rows_of[item.item_id], attempt, job.known_problems(item))
-                    in_flight[ref] = (a, item, attempt)
-                    workers.load[a] += 1
-            if not in_flight and not workers.probes:
-                raise RuntimeError(f"every actor died; {len(queue)} item(s) not run (rerun the job to resume)")
-            ready, _ = ray.wait([*in_flight, *workers.probes], num_returns=1)
-            if ready[0] in workers.probes:
-                workers.answered(ready[0])
-                continue
-            a, item, attempt = in_flight.pop(ready[0])
-            workers.load[a] -= 1
-            try:
-                table = ray.get(ready[0])
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
-                if isinstance(err, ray.exceptions.RayActorError):
-                    workers.lost_item(a)
-                message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:500]}"
-                if attempt < pool.max_attempts:
-                    log.warning("item %s attempt %d failed (%s); retrying", item.item_id, attempt, message)
-                    queue.appendleft((item, attempt + 1))
-                    continue
-                log.error("item %s failed %d attempts; writing error rows: %s", item.item_id, attempt, message)
-                job.write_failure(item, rows_of.pop(item.item_id), message, attempt)
-            else:
-                rows_of.pop(item.item_id, None)
-                generated += job.write_result(item, table, attempt)
-            rows_done += item.num_rows
-            bar.update(1)
-            bar.set_postfix(rows_per_s=f"{rows_done / (time.perf_counter() - began):.2f}")
-    finally:
-        bar.close()
-        for actor in actors:
+        for actor in self.actors:
             ray.kill(actor)
-    return generated
+        self.actors = []
+
+    def run(self, job: Job, todo: list[WorkItem]) -> int:
+        """Every item in todo to a written part; returns the generated tokens."""
+        setup = self.ready(job)
+        try:
+            return dispatch(job, todo, self.actors, setup)
+        except BaseException:
+            self.close()      # the actors may still be running this job's items
+            raise
+
+    def ready(self, job: Job):
+        """Actors configured for `job`, their weights checked against its run; the ObjectRef of the
+        job's worker setup, which each of its items carries."""
+        import ray
+
+        if pool_key(job.config) != self.key:
+            raise ValueError(f"job {job.fingerprint} needs other actors (model or pool settings differ) "
+                             "than this pool's")
+        args = job.worker_args()
+        fresh = self.start(job.config, args) if not self.actors else set()
+        infos = [self.configured(k, ref, args, k in fresh)
+                 for k, ref in enumerate([a.configure.remote(*args) for a in self.actors])]
+        for info in infos:
+            log.info("actor %s (pid %s) on node %s, device %s, %d engine(s) built", info["actor_id"][:8],
+                     info["pid"], info["node_id"][:8], info["device"], info["engines_built"])
+        job.check_models({info["model_fingerprint"] for info in infos})
+        return ray.put(args)
+
+    def start(self, config: JobConfig, args: WorkerSetup) -> set[int]:
+        """Start every actor (Ray first); returns their indices."""
+        connect_ray(config)
+        stop_on_sigterm()
+        check_placement(self.pool)
+        self.actors = [self.new_actor(args) for _ in range(self.pool.num_actors)]
+        return set(range(len(self.actors)))
+
+    def new_actor(self, args: WorkerSetup):
+        import ray
+
+        actor_cls = ray.remote(DartWorker).options(
+            num_cpus=self.pool.cpus_per_actor, num_gpus=self.pool.num_gpus_per_actor,
+            max_restarts=self.pool.max_restarts, max_task_retries=0, max_concurrency=1)
+        return actor_cls.remote(*args)
+
+    def configured(self, k: int, ref, args: WorkerSetup, fresh: bool) -> dict:
+        """Actor k's answer to configure; an actor that died since the last job is replaced once
+        (a new one loading the model); one that cannot start stops the job."""
+        import ray
+
+        while True:
+            try:
+                return ray.get(ref)
+            except ray.exceptions.ActorUnavailableError:     # restarting: ask again shortly
+                time.sleep(0.5)
+            except ray.exceptions.RayActorError as err:
+                if fresh:
+                    raise RuntimeError(f"a worker failed to start (model load?): {err}") from None
+                log.warning("actor %d is dead (%s); starting a new one", k, type(err).__name__)
+                ray.kill(self.actors[k])
+                self.actors[k], fresh = self.new_actor(args), True
+            ref = self.actors[k].configure.remote(*args)
+
+
+def run_items(job: Job, todo: list[WorkItem], pool: WorkerPool | None = None) -> int:
+    """Run every item in todo to a written part, on `pool`'s actors or (None) on actors started and
+    killed for this job alone; returns the generated tokens of this invocation."""
+    if pool is not None:
+        return pool.run(job, todo)
+    with WorkerPool(job.config) as own:
+        return own.run(job, todo)

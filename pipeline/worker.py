@@ -1,9 +1,11 @@
-"""The Ray actor: loads one DART model once, then turns work items into output tables."""
+"""The Ray actor: loads one model once, then turns work items of one job after another into output
+tables, each job's items through an engine and task runner built for that job's config."""
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -16,6 +18,9 @@ from .tasks import TASKS
 
 log = logging.getLogger(__name__)
 
+# What a worker needs to turn a job's items into parts: (config JSON, output schema, config fingerprint).
+WorkerSetup = tuple[str, pa.Schema, str]
+
 
 def runtime_ids() -> tuple[str, str]:
     import ray
@@ -27,36 +32,75 @@ def runtime_ids() -> tuple[str, str]:
 
 
 class DartWorker:
-    """Hosts one model and engine. Used as a Ray actor class (pipeline.pool wraps it)."""
+    """Hosts one model; its engine and task runner follow the job whose items it runs. Used as a Ray
+    actor class (pipeline.pool wraps it).
+
+    Ray restarts a dead actor by calling __init__ with its first arguments, which may be an earlier
+    job's; so each item carries its job's setup and the worker reconfigures before running it."""
 
     def __init__(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> None:
         import torch
 
-        from dart.engine import DartEngine
         from dart.loading import load_model, model_fingerprint
 
-        self.config = JobConfig.model_validate_json(config_json)
-        self.schema, self.config_fingerprint = schema, config_fingerprint
-        if self.config.pool.num_gpus_per_actor == 0:
-            torch.set_num_threads(self.config.pool.cpus_per_actor)
-        model, tokenizer = load_model(self.config.model)
-        self.model_fingerprint = model_fingerprint(model)
-        self.engine = DartEngine(model, tokenizer, self.config.dart, fingerprint=self.model_fingerprint,
-                                 cache_dir=self.config.model.cache_dir)
-        self.task = TASKS[self.config.task].runner(self.config.task_context(), tokenizer, self.engine)
+        config = JobConfig.model_validate_json(config_json)
+        if config.pool.num_gpus_per_actor == 0:
+            torch.set_num_threads(config.pool.cpus_per_actor)
+        self.model_config = config.model
+        self.model, self.tokenizer = load_model(config.model)
+        self.model_fingerprint = model_fingerprint(self.model)
+        self.proxies = None             # computed by the first engine that needs them, shared by the next
+        self.engine = self.task = self.config = self.schema = self.config_fingerprint = None
+        self.setup_key: tuple[str, str] | None = None     # (config JSON, fingerprint) of engine and task
+        self.engines_built = 0
+        self.configuring = threading.Lock()   # an actor running several calls at once rebuilds once
         self.actor_id, self.node_id = runtime_ids()
-        self.device = str(self.engine.device)
+        self.device = str(self.model.get_input_embeddings().weight.device)
+        self.configure(config_json, schema, config_fingerprint)
         log.info("worker %s ready on %s (%s)", self.actor_id, self.node_id, self.device)
+
+    def configure(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> dict[str, Any]:
+        """Run the next items under this config: a new engine and task runner over the loaded model
+        (none when the config is the current one). Refuses a config for another model. Returns describe()."""
+        with self.configuring:
+            if (config_json, config_fingerprint) != self.setup_key:
+                self.build(JobConfig.model_validate_json(config_json), schema, config_fingerprint)
+                self.setup_key = (config_json, config_fingerprint)
+        return self.describe()
+
+    def build(self, config: JobConfig, schema: pa.Schema, config_fingerprint: str) -> None:
+        """A new engine and task runner for `config` over the loaded model (lock held)."""
+        from dart.engine import DartEngine
+
+        if config.model != self.model_config:
+            raise ValueError(f"this worker hosts model {self.model_config.model_dump(exclude_defaults=True)}, "
+                             f"not {config.model.model_dump(exclude_defaults=True)}: a job on another model "
+                             "needs its own actors")
+        if self.engine is not None:
+            self.engine.release_gathered()
+            self.engine.close()           # unpatch the model before the next engine patches it
+            self.engine = self.task = self.setup_key = None
+        self.engine = DartEngine(self.model, self.tokenizer, config.dart, fingerprint=self.model_fingerprint,
+                                 proxies=self.proxies, cache_dir=config.model.cache_dir)
+        self.proxies = self.engine.proxies if self.engine.proxies is not None else self.proxies
+        self.task = TASKS[config.task].runner(config.task_context(), self.tokenizer, self.engine)
+        self.config, self.schema, self.config_fingerprint = config, schema, config_fingerprint
+        self.engines_built += 1
+        log.info("worker %s configured for run %s (%s)", self.actor_id, config_fingerprint, config.dart.method)
 
     def describe(self) -> dict[str, Any]:
         return {"actor_id": self.actor_id, "node_id": self.node_id, "device": self.device,
-                "model_fingerprint": self.model_fingerprint, "pid": os.getpid()}
+                "model_fingerprint": self.model_fingerprint, "pid": os.getpid(),
+                "config_fingerprint": self.config_fingerprint, "engines_built": self.engines_built}
 
     def run_item(self, item: WorkItem, rows: pa.Table, attempt: int,
-                 known: dict[int, str] | None = None) -> pa.Table:
+                 known: dict[int, str] | None = None, setup: WorkerSetup | None = None) -> pa.Table:
         """All rows of one item; a bad row becomes an error row, anything else raises (retried).
         `known`: problems the driver found before work (row offset in the item -> error, e.g. a
-        duplicate id); those rows become error rows without running."""
+        duplicate id); those rows become error rows without running. `setup`: the item's job
+        (configure's arguments); None runs it under the current config."""
+        if setup is not None:
+            self.configure(*setup)
         started = dt.datetime.now(dt.timezone.utc)
         began = time.perf_counter()
         inp, testing = self.config.input, self.config.testing
@@ -79,4 +123,3 @@ class DartWorker:
             "item_started_at": started, "item_seconds": time.perf_counter() - began,
         }
         return build_part(item, rows, ids, values, common, self.schema, list(inp.passthrough_columns))
-
