@@ -19,6 +19,7 @@ import yaml
 
 from ..driver import run_job
 from ..job import Job
+from ..pool import WorkerPool, pool_key
 from ..storage import write_atomic_bytes, write_json
 from .config import StudyConfig, StudyRun, expand
 from .report import write_report
@@ -35,6 +36,23 @@ def run_state(run: StudyRun) -> dict[str, Any]:
             "planned_items": len(job.plan), "done_items": done, "complete": done == len(job.plan)}
 
 
+def run_cells(name: str, runs: list[StudyRun]) -> list[dict[str, Any]]:
+    """Run (or resume) every cell; returns their summaries in `runs` order. Cells that share a model
+    and the pool's actor settings run one after another on one set of actors, which load the model
+    once: each cell only builds a new engine over it."""
+    groups: dict[str, list[int]] = {}
+    for k, run in enumerate(runs):
+        groups.setdefault(pool_key(run.config), []).append(k)
+    summaries: dict[int, dict[str, Any]] = {}
+    for cells in groups.values():
+        with WorkerPool(runs[cells[0]].config) as pool:
+            for k in cells:
+                run = runs[k]
+                log.info("study %s: config %d/%d %s on %s", name, k + 1, len(runs), run.label, run.dataset)
+                summaries[k] = run_job(run.config, pool)
+    return [summaries[k] for k in range(len(runs))]
+
+
 def run_study(study: StudyConfig, report_only: bool = False) -> dict[str, Any]:
     """Run (or resume) every cell, collect the results, write the report. Returns what was written."""
     began = time.perf_counter()
@@ -42,10 +60,7 @@ def run_study(study: StudyConfig, report_only: bool = False) -> dict[str, Any]:
     root = study.directory
     root.mkdir(parents=True, exist_ok=True)
     write_atomic_bytes(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False).encode())
-    summaries = []
-    for k, run in enumerate(runs):
-        log.info("study %s: config %d/%d %s on %s", study.study.name, k + 1, len(runs), run.label, run.dataset)
-        summaries.append(run_state(run) if report_only else run_job(run.config))
+    summaries = [run_state(run) for run in runs] if report_only else run_cells(study.study.name, runs)
     write_json(root / "runs.json", [{"dataset": r.dataset, "config": r.label, **s} for r, s in zip(runs, summaries)])
     results = collect(runs, summaries, study.study.baseline)
     write_results(results, root / "results.parquet")
