@@ -82,10 +82,10 @@ def start_local_ray(num_cpus: int | None) -> None:
     log.info("started a local Ray on 127.0.0.1")
 
 
-# The pool settings fixed when an actor starts; the others (batch_size, max_attempts,
-# in_flight_per_actor) are read per job, so jobs differing only in them share actors.
+# The pool settings fixed when an actor starts (in_flight_per_actor: the calls it runs at once); the
+# others (batch_size, max_attempts) are read per job, so jobs differing only in them share actors.
 ACTOR_SETTINGS = frozenset({"num_actors", "num_gpus_per_actor", "cpus_per_actor", "max_restarts", "ray_address",
-                            "local_num_cpus", "placement_timeout_s"})
+                            "local_num_cpus", "placement_timeout_s", "in_flight_per_actor"})
 
 
 def pool_key(config: JobConfig) -> str:
@@ -157,7 +157,8 @@ class WorkerPool:
 
         actor_cls = ray.remote(DartWorker).options(
             num_cpus=self.pool.cpus_per_actor, num_gpus=self.pool.num_gpus_per_actor,
-            max_restarts=self.pool.max_restarts, max_task_retries=0, max_concurrency=1)
+            max_restarts=self.pool.max_restarts, max_task_retries=0,
+            max_concurrency=self.pool.in_flight_per_actor + 1)   # its items' rows share one batch; +1 answers probes
         return actor_cls.remote(*args)
 
     def configured(self, k: int, ref, args: WorkerSetup, fresh: bool) -> dict:

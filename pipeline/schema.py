@@ -38,6 +38,11 @@ TAIL_FIELDS = [
 # Columns that depend on where and when a row ran, not on what it computed.
 RUN_DEPENDENT = ("actor_id", "node_id", "device", "attempt", "item_started_at", "item_seconds",
                  "batch_seconds", "prefill_seconds", "decode_seconds")
+# Columns that depend on the rows a row shared its forwards with (under continuous batching, a matter of
+# timing): a forward's FFN weight reads are shared among its rows, and the FFN path it takes (so the FLOPs
+# it executes and DART's mask multiplies) depends on all of them. Every other column is the row's own.
+BATCH_DEPENDENT = ("ffn_flops_executed", "ffn_bytes_dense", "ffn_bytes_executed", "compact_forwards",
+                   "union_forwards", "rowwise_forwards", "dart_overhead_flops")
 
 
 def _arrow_type(annotation: Any) -> pa.DataType:

@@ -84,7 +84,9 @@ class PoolConfig(FrozenModel):
     batch_size: int = Field(8, ge=1, description="Rows per engine call inside an actor.")
     max_attempts: int = Field(3, ge=1, description="Attempts of a work item before its rows become error rows.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead actor.")
-    in_flight_per_actor: int = Field(2, ge=1, description="Work items queued on each actor at once.")
+    in_flight_per_actor: int = Field(2, ge=1, description="Work items on each actor at once: their rows "
+                                     "share the actor's continuous batch, so a row finishing in one item is "
+                                     "replaced by a waiting row of another.")
     ray_address: str | None = Field(None, description="Ray cluster address ('auto': the running local "
                                     "cluster); null uses RAY_ADDRESS, else starts a private Ray on 127.0.0.1.")
     local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray the job starts (null: all).")

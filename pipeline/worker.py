@@ -53,7 +53,8 @@ class DartWorker:
         self.engine = self.task = self.config = self.schema = self.config_fingerprint = None
         self.setup_key: tuple[str, str] | None = None     # (config JSON, fingerprint) of engine and task
         self.engines_built = 0
-        self.configuring = threading.Lock()   # an actor running several calls at once rebuilds once
+        self.idle = threading.Condition()     # items run at once (Ray threads); a rebuild waits for none
+        self.running = 0
         self.actor_id, self.node_id = runtime_ids()
         self.device = str(self.model.get_input_embeddings().weight.device)
         self.configure(config_json, schema, config_fingerprint)
@@ -62,11 +63,17 @@ class DartWorker:
     def configure(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> dict[str, Any]:
         """Run the next items under this config: a new engine and task runner over the loaded model
         (none when the config is the current one). Refuses a config for another model. Returns describe()."""
-        with self.configuring:
-            if (config_json, config_fingerprint) != self.setup_key:
-                self.build(JobConfig.model_validate_json(config_json), schema, config_fingerprint)
-                self.setup_key = (config_json, config_fingerprint)
+        with self.idle:
+            self.switch((config_json, schema, config_fingerprint))
         return self.describe()
+
+    def switch(self, setup: WorkerSetup) -> None:
+        """Make `setup` current (lock held); a rebuild first waits until no item runs under the old one."""
+        config_json, schema, config_fingerprint = setup
+        if (config_json, config_fingerprint) != self.setup_key:
+            self.idle.wait_for(lambda: self.running == 0)
+            self.build(JobConfig.model_validate_json(config_json), schema, config_fingerprint)
+            self.setup_key = (config_json, config_fingerprint)
 
     def build(self, config: JobConfig, schema: pa.Schema, config_fingerprint: str) -> None:
         """A new engine and task runner for `config` over the loaded model (lock held)."""
@@ -99,11 +106,24 @@ class DartWorker:
         `known`: problems the driver found before work (row offset in the item -> error, e.g. a
         duplicate id); those rows become error rows without running. `setup`: the item's job
         (configure's arguments); None runs it under the current config."""
-        if setup is not None:
-            self.configure(*setup)
+        with self.idle:
+            if setup is not None:
+                self.switch(setup)
+            self.running += 1
+            config, task, schema, fingerprint = self.config, self.task, self.schema, self.config_fingerprint
+        try:
+            return self.part(item, rows, attempt, known or {}, config, task, schema, fingerprint)
+        finally:
+            with self.idle:
+                self.running -= 1
+                self.idle.notify_all()
+
+    def part(self, item: WorkItem, rows: pa.Table, attempt: int, known: dict[int, str], config: JobConfig, task,
+             schema: pa.Schema, fingerprint: str) -> pa.Table:
+        """The output part of one item under one config (the worker's at the time the item began)."""
         started = dt.datetime.now(dt.timezone.utc)
         began = time.perf_counter()
-        inp, testing = self.config.input, self.config.testing
+        inp, testing = config.input, config.testing
         if testing.delay_seconds:
             time.sleep(testing.delay_seconds)
         ids, problems = row_ids(item, rows, inp.id_column)
@@ -111,15 +131,15 @@ class DartWorker:
         if failing:
             raise RuntimeError(f"injected failure for id(s) {sorted(failing)} (testing.fail_ids)")
         records, decoding = python_rows(rows)
-        problems = [p or d or (known or {}).get(k) for k, (p, d) in enumerate(zip(problems, decoding))]
+        problems = [p or d or known.get(k) for k, (p, d) in enumerate(zip(problems, decoding))]
         todo = [k for k, p in enumerate(problems) if p is None]
         values: list[dict[str, Any]] = [{"status": "error", "error": p} for p in problems]
-        for k, value in zip(todo, self.task.run([(ids[k], records[k]) for k in todo])):
+        for k, value in zip(todo, task.run([(ids[k], records[k]) for k in todo])):
             values[k] = value
         common = {
-            "model": self.config.model.source, "model_fingerprint": self.model_fingerprint,
-            "dart_method": self.config.dart.method, "config_fingerprint": self.config_fingerprint,
+            "model": config.model.source, "model_fingerprint": self.model_fingerprint,
+            "dart_method": config.dart.method, "config_fingerprint": fingerprint,
             "actor_id": self.actor_id, "node_id": self.node_id, "device": self.device, "attempt": attempt,
             "item_started_at": started, "item_seconds": time.perf_counter() - began,
         }
-        return build_part(item, rows, ids, values, common, self.schema, list(inp.passthrough_columns))
+        return build_part(item, rows, ids, values, common, schema, list(inp.passthrough_columns))

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig, parse_config
+from pipeline.schema import BATCH_DEPENDENT, RUN_DEPENDENT
 
 WORDS = "the a cat dog sat ran on under mat log sun rain city river bank loan".split()
 
@@ -56,3 +57,27 @@ def job_config(task: str, model_dir: Path, paths: list[Path | str], out: Path, *
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(data)
+
+
+def own_rows(table: pa.Table) -> list[dict]:
+    """Rows in (source, row) order (id order without those columns), with only what each row computed
+    itself: not where and when it ran, nor what it shared with the rows of its forwards."""
+    keep = [n for n in table.column_names if n not in RUN_DEPENDENT + BATCH_DEPENDENT]
+    order = [("source", "ascending"), ("row_index", "ascending")] if "row_index" in keep else [("id", "ascending")]
+    return table.select(keep).sort_by(order).to_pylist()
+
+
+def close(a: Any, b: Any, tol: float = 1e-5) -> bool:
+    """Equal, floats within `tol` (a row's own floats vary in the last bits with the shapes it ran in)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """The two tables hold the same rows, each computing the same (own_rows, close)."""
+    return close(own_rows(a), own_rows(b))

@@ -7,11 +7,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import FILE_ROWS, job_config, write_docs
+from pipeline_fixtures import FILE_ROWS, job_config, same_rows, write_docs
 
 from pipeline.driver import run_job
 from pipeline.job import Job
-from pipeline.schema import RUN_DEPENDENT
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,6 @@ def full_run(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):
     cfg = job_config("summarize", tiny_model_dir, inputs, tmp_path_factory.mktemp("out"),
                      input={"passthrough_columns": ["topic"]})
     return cfg, run_job(cfg)
-
-
-def _comparable(table: pa.Table) -> pa.Table:
-    keep = [n for n in table.column_names if n not in RUN_DEPENDENT]
-    return table.select(keep).sort_by([("source", "ascending"), ("row_index", "ascending")])
 
 
 def test_every_row_once_with_declared_schema(full_run, inputs):
@@ -76,7 +70,7 @@ def test_stopped_run_resumed_equals_uninterrupted(full_run, inputs, tiny_model_d
     assert second["complete"] and second["skipped_items"] == 4
     resumed = pq.read_table(f"{second['run_dir']}/parts")
     full = pq.read_table(f"{summary_full['run_dir']}/parts")
-    assert _comparable(resumed).equals(_comparable(full))
+    assert same_rows(resumed, full)
 
 
 def test_label_bad_rows_and_always_failing_item(ray_cluster, tiny_model_dir, tmp_path):

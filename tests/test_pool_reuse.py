@@ -13,13 +13,13 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import job_config, write_docs
+from pipeline_fixtures import job_config, same_rows, write_docs
 
 from pipeline.config import parse_config
+from pipeline.dispatch import ActorSlots
 from pipeline.driver import run_job
 from pipeline.job import Job
 from pipeline.pool import WorkerPool, pool_key
-from pipeline.schema import RUN_DEPENDENT
 from pipeline.study.config import StudyConfig, expand, merge
 from pipeline.study.sweep import run_study
 from pipeline.worker import DartWorker
@@ -33,10 +33,6 @@ def inputs(tmp_path_factory):
     return write_docs(tmp_path_factory.mktemp("docs"), bad_rows=False)
 
 
-def comparable(table: pa.Table) -> pa.Table:
-    """The rows without the columns that say where and when they ran, in (source, row) order."""
-    keep = [n for n in table.column_names if n not in RUN_DEPENDENT]
-    return table.select(keep).sort_by([("source", "ascending"), ("row_index", "ascending")])
 
 
 def parts(summary: dict) -> pa.Table:
@@ -62,9 +58,9 @@ def test_worker_runs_an_item_under_the_config_it_carries(inputs, tiny_model_dir,
     pruned = worker.run_item(item, a.rows(item), 1, None, b.worker_args())
     again = worker.run_item(item, a.rows(item), 1, None, a.worker_args())
     alone = DartWorker(*b.worker_args()).run_item(item, b.rows(item), 1)
-    assert comparable(pruned).equals(comparable(alone))
-    assert not comparable(pruned).equals(comparable(dense))                 # B's config shows in its rows
-    assert comparable(again).equals(comparable(dense))
+    assert same_rows(pruned, alone)
+    assert not same_rows(pruned, dense)                 # B's config shows in its rows
+    assert same_rows(again, dense)
     assert set(pruned["config_fingerprint"].to_pylist()) == {b.fingerprint}
     assert min(pruned["applied_sparsity"].to_pylist()) > 0 == max(again["applied_sparsity"].to_pylist())
     info = worker.describe()
@@ -84,15 +80,28 @@ def test_worker_refuses_a_config_for_another_model(inputs, tiny_model_dir, tmp_p
 def test_pool_key_keeps_what_actors_are_made_of(inputs, tiny_model_dir, tmp_path):
     base = job_config("summarize", tiny_model_dir, inputs, tmp_path)
     same = [job_config("summarize", tiny_model_dir, inputs, tmp_path / "x", dart=DENSE,
-                       pool={"num_actors": 2, "cpus_per_actor": 1, "batch_size": 5, "max_attempts": 1,
-                             "in_flight_per_actor": 3})]
+                       pool={"num_actors": 2, "cpus_per_actor": 1, "batch_size": 5, "max_attempts": 1})]
     other = [job_config("summarize", tiny_model_dir, inputs, tmp_path, pool={"num_actors": 1}),
+             job_config("summarize", tiny_model_dir, inputs, tmp_path, pool={"in_flight_per_actor": 3}),
              job_config("summarize", tiny_model_dir, inputs, tmp_path,
                         model={"source": str(tiny_model_dir), "device": "cpu", "dtype": "float32"})]
     assert all(pool_key(c) == pool_key(base) for c in same)
     assert all(pool_key(c) != pool_key(base) for c in other)
     with pytest.raises(ValueError, match="needs other actors"):
         WorkerPool(base).ready(Job.open(other[0]))
+
+
+def test_items_spread_over_every_actor_before_any_queues_a_second():
+    slots = ActorSlots(["a0", "a1", "a2"], per_actor=2)
+    order = []
+    while (a := slots.least_loaded()) is not None:
+        order.append(a)
+        slots.load[a] += 1
+    assert order == [0, 1, 2, 0, 1, 2]
+    slots.load[1] -= 1
+    slots.probes["ref"] = 2             # an actor being asked whether it is back takes nothing
+    slots.load[2] = 0
+    assert slots.least_loaded() == 1
 
 
 # ---- on Ray -------------------------------------------------------------------------------------
@@ -123,7 +132,7 @@ def test_study_cells_share_actors_and_equal_separate_jobs(ray_cluster, inputs, t
     for run, table in zip(expand(study), tables):
         alone = run_job(elsewhere(run.config, tmp_path / "alone"))
         assert not set(parts(alone)["actor_id"].to_pylist()) & actors    # a job alone starts its own
-        assert comparable(table).equals(comparable(parts(alone)))
+        assert same_rows(table, parts(alone))
 
 
 class ItemKiller(threading.Thread):
@@ -171,5 +180,5 @@ def test_actor_restarted_with_an_earlier_jobs_arguments_runs_the_current_job(ray
     table = parts(pruned)
     assert max(table["attempt"].to_pylist()) == 2                          # the killed item ran again
     assert set(table["actor_id"].to_pylist()) == set(parts(dense)["actor_id"].to_pylist())   # restarted, not new
-    assert comparable(table).equals(comparable(parts(reference)))
-    assert not comparable(table).equals(comparable(parts(dense)))
+    assert same_rows(table, parts(reference))
+    assert not same_rows(table, parts(dense))

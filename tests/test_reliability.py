@@ -18,12 +18,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import FILE_ROWS, job_config, write_docs
+from pipeline_fixtures import FILE_ROWS, job_config, same_rows, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
 from pipeline.job import Job
-from pipeline.schema import RUN_DEPENDENT
 
 ROOT = Path(__file__).parents[1]
 WORKER_TITLE = "ray::DartWorker"          # Ray's process title of our actors; ".run_item" while in an item
@@ -42,11 +41,8 @@ def reference(ray_cluster, inputs, tiny_model_dir, tmp_path_factory):
     return summary
 
 
-def _comparable(run_dir: str) -> pa.Table:
-    """Every row sorted by (source, row), without columns that say where and when it ran."""
-    table = pq.read_table(f"{run_dir}/parts")
-    keep = [n for n in table.column_names if n not in RUN_DEPENDENT]
-    return table.select(keep).sort_by([("source", "ascending"), ("row_index", "ascending")])
+def _parts(run_dir: str) -> pa.Table:
+    return pq.read_table(f"{run_dir}/parts")
 
 
 def _assert_equals_reference(summary: dict, reference: dict, inputs: list[Path]) -> pa.Table:
@@ -54,7 +50,7 @@ def _assert_equals_reference(summary: dict, reference: dict, inputs: list[Path])
     table = pq.read_table(f"{summary['run_dir']}/parts")
     expected = [i for p in inputs for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
     assert sorted(table.column("id").to_pylist()) == sorted(expected)               # each row exactly once
-    assert _comparable(summary["run_dir"]).equals(_comparable(reference["run_dir"]))
+    assert same_rows(_parts(summary["run_dir"]), _parts(reference["run_dir"]))
     return table
 
 

@@ -3,6 +3,7 @@ decode side by side, so a slot freed by a finished row (of any item) is refilled
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ class StepFailed:
 class SharedBatch:
     """Callers on several threads submit rows and each waits for its own; whichever caller holds the
     lock drives the batch one step, so the engine runs one forward at a time and never waits idle
-    while rows are queued. `lock` also guards any other use of the engine (e.g. scoring)."""
+    while rows are queued. Rows are posted to an inbox that each step takes in, so a caller never
+    waits for the lock to submit. `lock` also guards any other use of the engine (e.g. scoring)."""
 
     def __init__(self, engine, gen, max_rows: int) -> None:
         self.engine, self.gen, self.max_rows = engine, gen, max_rows
         self.batcher = self.new_batcher()
         self.lock = threading.Lock()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.finished: dict[Hashable, Any] = {}
         self.calls = itertools.count()
 
@@ -39,10 +42,11 @@ class SharedBatch:
 
         call = next(self.calls)
         keys = [(call, k) for k in range(len(prompts))]
-        with self.lock:
-            self.batcher.submit([Request(key, ids, seed) for key, (ids, seed) in zip(keys, prompts)])
+        self.inbox.put([Request(key, ids, seed) for key, (ids, seed) in zip(keys, prompts)])
         while True:
             with self.lock:
+                while not self.inbox.empty():
+                    self.batcher.submit(self.inbox.get())
                 if all(key in self.finished for key in keys):
                     results = [self.finished.pop(key) for key in keys]
                     break
