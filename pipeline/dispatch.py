@@ -33,6 +33,12 @@ class ActorSlots:
         paused = set(self.probes.values())
         return [a for a in sorted(self.alive - paused) if self.load[a] < self.per_actor]
 
+    def least_loaded(self) -> int | None:
+        """The free actor with the fewest items, so that a job of few items spreads over every actor
+        before any queues a second (None: all are full or paused)."""
+        free = self.free()
+        return min(free, key=lambda a: self.load[a]) if free else None
+
     def lost_item(self, a: int) -> None:
         if a in self.alive and a not in self.probes.values():
             self.probes[self.actors[a].describe.remote()] = a
@@ -67,15 +73,13 @@ def dispatch(job: Job, todo: list[WorkItem], actors: list, setup) -> int:
     bar = progress_bar(job, len(todo))
     try:
         while queue or in_flight:
-            for a in workers.free():  # fill idle slots, keeping items in plan order
-                while queue and workers.load[a] < pool.in_flight_per_actor:
-                    item, attempt = queue.popleft()
-                    if item.item_id not in rows_of:
-                        rows_of[item.item_id] = job.rows(item)
-                    ref = actors[a].run_item.remote(item, rows_of[item.item_id], attempt, job.known_problems(item),
-                                                    setup)
-                    in_flight[ref] = (a, item, attempt)
-                    workers.load[a] += 1
+            while queue and (a := workers.least_loaded()) is not None:   # items in plan order
+                item, attempt = queue.popleft()
+                if item.item_id not in rows_of:
+                    rows_of[item.item_id] = job.rows(item)
+                ref = actors[a].run_item.remote(item, rows_of[item.item_id], attempt, job.known_problems(item), setup)
+                in_flight[ref] = (a, item, attempt)
+                workers.load[a] += 1
             if not in_flight and not workers.probes:
                 raise RuntimeError(f"every actor died; {len(queue)} item(s) not run (rerun the job to resume)")
             ready, _ = ray.wait([*in_flight, *workers.probes], num_returns=1)
