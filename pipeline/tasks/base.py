@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,9 @@ class GenerationTask:
                                      settings.system_prompt)
         self.prompt_token_limit = engine.max_context - context.generation.max_new_tokens
         self.batch = SharedBatch(engine, context.generation, context.batch_size)
+        # A fast tokenizer keeps per-call options (split_special_tokens) as shared state: the threads of
+        # an actor's items take turns with it.
+        self.tokenizing = threading.Lock()
 
     def prepare(self, row: dict) -> tuple[Prompt, dict[str, Any]]:
         raise NotImplementedError
@@ -112,16 +116,18 @@ class GenerationTask:
         """One output dict per (row id, row), in order. The rows join the actor's continuous batch."""
         out: list[dict[str, Any] | None] = [None] * len(rows)
         ready = []
-        for i, (_, row) in enumerate(rows):
-            try:
-                ready.append((i, *self.prepare(row)))
-            except RowError as err:
-                out[i] = error_values(err)
+        with self.tokenizing:
+            for i, (_, row) in enumerate(rows):
+                try:
+                    ready.append((i, *self.prepare(row)))
+                except RowError as err:
+                    out[i] = error_values(err)
         seed = self.context.generation.seed
         results = self.batch.generate([(prompt.ids, row_seed(seed, rows[i][0])) for i, prompt, _ in ready])
-        for (i, prompt, extra), result in zip(ready, results):
-            out[i] = error_values(result) if isinstance(result, ValueError) else \
-                self.finish_row(rows[i][1], prompt, extra, result)
+        with self.tokenizing:
+            for (i, prompt, extra), result in zip(ready, results):
+                out[i] = error_values(result) if isinstance(result, ValueError) else \
+                    self.finish_row(rows[i][1], prompt, extra, result)
         return out
 
     def finish_row(self, row: dict, prompt: Prompt, extra: dict[str, Any], result) -> dict[str, Any]:
