@@ -91,7 +91,7 @@ def baseline_run(config: JobConfig, limit: int) -> tuple[float, pa.Table]:
     compute = ray.data.ActorPoolStrategy(size=pool.num_actors, max_tasks_in_flight_per_actor=pool.in_flight_per_actor)
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        rows = ray.data.read_parquet(local_paths(config.input.paths), columns=config.input.columns).limit(limit)
+        rows = ray.data.read_parquet(local_paths(config.input.paths)).select_columns(config.input.columns).limit(limit)
         # Blocks of one batch each, in order, so every actor gets work and batches are the job's.
         rows = rows.repartition(target_num_rows_per_block=pool.batch_size)
         rows.map_batches(HfGenerate, fn_constructor_kwargs={"config_json": config.model_dump_json()},
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     gen = config.generation
     if gen.temperature != 0 or not gen.stop_on_eos:
         parser.error("the baseline decodes greedily and stops at EOS: use generation.temperature=0 and stop_on_eos=true")
+    common.set_threads(config.pool.cpus_per_actor)   # what the table's machine line reports: the actors' threads
     prepare_ray(config)
     report(config, run_sides(args, overrides, config), began)
 
