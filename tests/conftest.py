@@ -37,6 +37,24 @@ def tiny(tiny_model_dir):
     return load_model(ModelConfig(source=str(tiny_model_dir), device="cpu", dtype="float32"))
 
 
+@pytest.fixture
+def engine_of(tiny):
+    """make(cfg) -> an engine on the tiny model; making one closes the one before (one patch at a time)."""
+    engines = []
+
+    def make(cfg):
+        if engines:
+            engines.pop().close()
+        from dart.engine import DartEngine
+
+        engines.append(DartEngine(*tiny, cfg))
+        return engines[-1]
+
+    yield make
+    for engine in engines:
+        engine.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """`make(**make_tiny_model_dir kwargs) -> dir`; each distinct variant is built once per session."""

@@ -5,7 +5,6 @@ import torch
 from pydantic import ValidationError
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig, PrefillConfig
-from dart.engine import DartEngine
 from pipeline.identity import dart_settings
 
 TOKENS = 8
@@ -26,22 +25,6 @@ CONFIGS = {
 
 def blockwise(cfg: DartConfig, block_tokens: int, **update) -> DartConfig:
     return cfg.model_copy(update={"prefill": PrefillConfig(mode="blockwise", block_tokens=block_tokens), **update})
-
-
-@pytest.fixture
-def engine_of(tiny):
-    """make(cfg) -> an engine on the tiny model; making one closes the one before (one patch at a time)."""
-    engines = []
-
-    def make(cfg):
-        if engines:
-            engines.pop().close()
-        engines.append(DartEngine(*tiny, cfg))
-        return engines[-1]
-
-    yield make
-    for engine in engines:
-        engine.close()
 
 
 def prompts(lengths=(9, 30, 17)):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig, PrefillConfig
-from dart.engine import DartEngine
 from dart.scheduler import ContinuousBatcher, Request, generate_continuously, prefill_groups
+from pipeline_fixtures import close
 
 # what differs between a row alone and in a batch: weight reads are shared among a forward's rows, and
 # the FFN path a forward takes (so its executed FLOPs and mask multiplies) depends on its rows
@@ -36,36 +36,6 @@ def telemetry(result):
     for key in BATCH_DEPENDENT:
         data.pop(key)
     return data
-
-
-def assert_close(a, b, path="telemetry"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, abs=1e-5), path
-    else:
-        assert a == b, path
-
-
-@pytest.fixture
-def engine_of(tiny):
-    engines = []
-
-    def make(cfg):
-        if engines:
-            engines.pop().close()
-        engines.append(DartEngine(*tiny, cfg))
-        return engines[-1]
-
-    yield make
-    if engines:
-        engines.pop().close()
 
 
 def early_stops(engine, prompt, gen, at=None):
@@ -101,7 +71,7 @@ def test_each_row_equals_it_generated_alone(engine_of, name, max_rows):
     for k, result in enumerate(alone):
         assert together[k].token_ids == result.token_ids, k
         assert together[k].finish_reason == result.finish_reason, k
-        assert_close(telemetry(together[k]), telemetry(result), f"row {k}")
+        assert close(telemetry(together[k]), telemetry(result)), f"row {k}"
 
 
 def test_sampled_rows_equal_them_alone_with_their_seeds(engine_of):
