@@ -1,9 +1,14 @@
 """Fixtures of the pipeline and job tests (imported by them; shared ones live in conftest.py)."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -81,3 +86,41 @@ def close(a: Any, b: Any, tol: float = 1e-5) -> bool:
 def same_rows(a: pa.Table, b: pa.Table) -> bool:
     """The two tables hold the same rows, each computing the same (own_rows, close)."""
     return close(own_rows(a), own_rows(b))
+
+
+WORKER_TITLE = "ray::DartWorker"          # Ray's process title of our actors; ".run_item" while in an item
+
+
+def our_workers() -> list[psutil.Process]:
+    """DartWorker actor processes of this session's cluster only (descendants of this process:
+    other people's Ray clusters on the machine are never touched)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.cmdline() and proc.cmdline()[0].startswith(WORKER_TITLE):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILLs the first of our actors seen inside run_item, once."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.killed: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.killed is None:
+            for proc in our_workers():
+                try:
+                    if proc.cmdline()[0].startswith(f"{WORKER_TITLE}.run_item"):
+                        time.sleep(0.1)                     # well inside the item (it sleeps 0.5 s)
+                        os.kill(proc.pid, signal.SIGKILL)
+                        self.killed = proc.pid
+                        return
+                except (psutil.Error, ProcessLookupError):
+                    continue
+            time.sleep(0.05)

@@ -4,16 +4,11 @@ restarted with an earlier job's arguments."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import job_config, same_rows, write_docs
+from pipeline_fixtures import WorkerKiller, job_config, same_rows, write_docs
 
 from pipeline.config import parse_config
 from pipeline.dispatch import ActorSlots
@@ -135,29 +130,6 @@ def test_study_cells_share_actors_and_equal_separate_jobs(ray_cluster, inputs, t
         assert same_rows(table, parts(alone))
 
 
-class ItemKiller(threading.Thread):
-    """SIGKILLs the first of our actors seen inside run_item, once (only this session's cluster:
-    descendants of this process)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.killed: int | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set() and self.killed is None:
-            for proc in psutil.Process().children(recursive=True):
-                try:
-                    if proc.cmdline() and proc.cmdline()[0].startswith("ray::DartWorker.run_item"):
-                        time.sleep(0.1)                     # well inside the item (it sleeps 0.5 s)
-                        os.kill(proc.pid, signal.SIGKILL)
-                        self.killed = proc.pid
-                        return
-                except (psutil.Error, ProcessLookupError):
-                    continue
-            time.sleep(0.05)
-
-
 def test_actor_restarted_with_an_earlier_jobs_arguments_runs_the_current_job(ray_cluster, inputs, tiny_model_dir,
                                                                               tmp_path):
     """The actor starts for job A (dense); killed in an item of job B (dart), Ray restarts it with A's
@@ -167,7 +139,7 @@ def test_actor_restarted_with_an_earlier_jobs_arguments_runs_the_current_job(ray
     b = job_config("summarize", tiny_model_dir, inputs[:1], tmp_path / "b", dart=HALF, pool=pool_settings,
                    testing={"delay_seconds": 0.5})
     reference = run_job(elsewhere(b, tmp_path / "reference"))
-    killer = ItemKiller()
+    killer = WorkerKiller()
     with WorkerPool(a) as pool:
         dense = run_job(a, pool)
         killer.start()

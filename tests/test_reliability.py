@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,14 +17,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import FILE_ROWS, job_config, same_rows, write_docs
+from pipeline_fixtures import FILE_ROWS, WorkerKiller, job_config, our_workers, same_rows, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
 from pipeline.job import Job
 
 ROOT = Path(__file__).parents[1]
-WORKER_TITLE = "ray::DartWorker"          # Ray's process title of our actors; ".run_item" while in an item
 
 
 @pytest.fixture(scope="module")
@@ -52,41 +50,6 @@ def _assert_equals_reference(summary: dict, reference: dict, inputs: list[Path])
     assert sorted(table.column("id").to_pylist()) == sorted(expected)               # each row exactly once
     assert same_rows(_parts(summary["run_dir"]), _parts(reference["run_dir"]))
     return table
-
-
-def _our_workers() -> list[psutil.Process]:
-    """DartWorker actor processes of this session's cluster only (descendants of this process:
-    other people's Ray clusters on the machine are never touched)."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.cmdline() and proc.cmdline()[0].startswith(WORKER_TITLE):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-class WorkerKiller(threading.Thread):
-    """SIGKILLs the first of our actors seen inside run_item, once."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.killed: int | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set() and self.killed is None:
-            for proc in _our_workers():
-                try:
-                    if proc.cmdline()[0].startswith(f"{WORKER_TITLE}.run_item"):
-                        time.sleep(0.1)                     # well inside the item (it sleeps 0.5 s)
-                        os.kill(proc.pid, signal.SIGKILL)
-                        self.killed = proc.pid
-                        return
-                except (psutil.Error, ProcessLookupError):
-                    continue
-            time.sleep(0.05)
 
 
 @pytest.mark.parametrize("num_actors, max_restarts, says", [(1, 1, "is back"), (2, 0, "is dead")],
@@ -140,7 +103,7 @@ def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, referenc
         while len(list(markers.glob("*.json"))) < 3:
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.time() < deadline, "the driver wrote no markers in 180 s"
-            actors |= {p.pid for p in _our_workers()}
+            actors |= {p.pid for p in our_workers()}
             time.sleep(0.05)
         driver.send_signal(stop)
         assert driver.wait(timeout=60) == exit_code
