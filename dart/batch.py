@@ -1,6 +1,7 @@
 """Rows in flight through one engine between forwards: what a decode loop or a scheduler holds."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +44,15 @@ class DecodeBatch:
         self.cache.batch_select_indices(index)
         self.attention_mask, self.positions = self.attention_mask[index], self.positions[index]
         self.states = [self.states[i] for i in indices]
+
+    def fork(self, indices: Sequence[int], states: Sequence[SequenceState]) -> "DecodeBatch":
+        """A new batch of copies of the rows at `indices`, with `states` as their states; this batch and
+        its cache are left as they were."""
+        index = torch.tensor(list(indices), dtype=torch.long, device=self.attention_mask.device)
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        cache.batch_select_indices(index)       # each copied layer takes new, indexed tensors
+        return DecodeBatch(states, cache, self.attention_mask[index], self.positions[index])
 
     def append(self, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention mask [B, S + T] and position ids [B, T] of T new tokens per row (token_mask [B, T]

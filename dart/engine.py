@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from . import budget
+from . import budget, scoring
 from .accounting import FfnExecution, ModelShape
 from .batch import DecodeBatch
 from .compact import FfnPlan, GatherCache
@@ -80,6 +80,11 @@ class DartEngine:
     def new_state(self, trace: bool = False) -> SequenceState:
         return SequenceState(self.config, self.shape, self.proxies, self.fixed_counts, self.device,
                              trace=trace, uid=next(self._uids))
+
+    def fork(self, batch: DecodeBatch, rows: Sequence[int]) -> DecodeBatch:
+        """A new batch of copies of `rows`, each with its own copy of the row's state and cache: what runs
+        on the fork leaves the rows as they were."""
+        return batch.fork(rows, [batch.states[i].fork(next(self._uids)) for i in rows])
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         if len(prompt) == 0:
@@ -261,34 +266,16 @@ class DartEngine:
         first = torch.log_softmax(logits, -1)                               # [1, V]
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        if longest == 1:    # every score comes from the prompt's forward: no forward over the continuations
-            per_position = [first] * len(continuations)
-        else:
-            per_position = self.forced_logprobs(batch, first, continuations)
+        per_position = scoring.forced_logprobs(self, batch, first, continuations)
         telemetry = self.telemetry(state, len(prompt), 0, prefill_seconds, time.perf_counter() - start)
         scored = state.ledger.scored_sparsity(state.prompt_forwards, [len(c) for c in continuations])
         return per_position, dataclasses.replace(telemetry, applied_sparsity=scored)
 
-    def forced_logprobs(self, batch: DecodeBatch, first: torch.Tensor, continuations: Sequence[Sequence[int]]
-                        ) -> list[torch.Tensor]:
-        """Each continuation's log-probs [len(c), V]: its first position from the prompt (`first`), the
-        rest from one teacher-forced forward over all continuations, one row each sharing the state."""
-        longest = max(len(c) for c in continuations)
-        batch.select([0] * len(continuations))
-        cont = torch.full((len(continuations), longest), self.pad_id, dtype=torch.long, device=self.device)
-        cont_mask = torch.zeros_like(cont, dtype=torch.bool)
-        for i, c in enumerate(continuations):
-            cont[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-            cont_mask[i, :len(c)] = True
-        logprobs = torch.log_softmax(self.teacher_force(batch, cont, cont_mask), dim=-1)   # [C, T, V]
-        return [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
-
     def score_continuations(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> ContinuationScores:
         """Sum of log-probs of each continuation after the prompt, under the prompt's DART masks."""
         per_position, telemetry = self.continuation_logprobs(prompt, continuations)
-        totals = [float(lp.gather(1, torch.tensor(list(c), device=lp.device)[:, None]).sum())
-                  for lp, c in zip(per_position, continuations)]
-        return ContinuationScores(totals, [len(c) for c in continuations], telemetry)
+        return ContinuationScores(scoring.totals(per_position, continuations), [len(c) for c in continuations],
+                                  telemetry)
 
     # ---- telemetry ------------------------------------------------------------------------
     def telemetry(self, state: SequenceState, prompt_tokens: int, generated: int, prefill_seconds: float,

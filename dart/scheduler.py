@@ -9,6 +9,7 @@ prefill pads little: a group grows only while its padding stays within `max_padd
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ from .batch import DecodeBatch
 from .config import GenerationConfig
 from .engine import DartEngine
 from .sampling import next_tokens, row_generator
+from .scoring import score_prefilled
 from .state import SequenceState
 from .telemetry import GenerationResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Request:
     key: Hashable
     prompt: Sequence[int]
     seed: int
+    score: Sequence[int] = ()     # a continuation to score after the prompt (GenerationResult.score)
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Row:
     output: list[int] = field(default_factory=list)
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    score: float | None = None
 
 
 def prefill_groups(lengths: Sequence[int], max_rows: int, max_padding: float) -> list[int]:
@@ -125,6 +131,9 @@ class ContinuousBatcher:
         tokens = next_tokens(logits, self.gen, [row.generator for row in rows])
         for row in rows:
             row.prefill_seconds = time.perf_counter() - began
+        for i, row in enumerate(rows):
+            if row.request.score:
+                row.score = self.score(batch, i, logits, row.request.score)
         if self.batch is None or not self.rows:
             self.batch, self.rows, self.tokens = batch, rows, tokens
         else:
@@ -133,6 +142,14 @@ class ContinuousBatcher:
             self.tokens = torch.cat([self.tokens, tokens])
         first = len(self.rows) - len(rows)
         return refused + self.record(tokens, first)
+
+    def score(self, batch: DecodeBatch, row: int, logits: torch.Tensor, continuation: Sequence[int]) -> float | None:
+        """The continuation's log-prob sum after a row just prefilled, or None (logged) if the engine refuses it."""
+        try:
+            return score_prefilled(self.engine, batch, row, logits, continuation)
+        except ValueError as err:
+            log.warning("continuation not scored: %s", err)
+            return None
 
     def record(self, tokens: torch.Tensor, first: int = 0) -> list[tuple[Hashable, GenerationResult]]:
         """Append each row's new token (rows from index `first`); finished rows leave the batch."""
@@ -158,7 +175,7 @@ class ContinuousBatcher:
     def result(self, row: Row, reason: str) -> GenerationResult:
         telemetry = self.engine.telemetry(row.state, len(row.request.prompt), len(row.output), row.prefill_seconds,
                                           row.decode_seconds)
-        return GenerationResult(row.output, reason, telemetry, row.state.trace)
+        return GenerationResult(row.output, reason, telemetry, row.state.trace, row.score)
 
 
 def generate_continuously(engine: DartEngine, requests: Sequence[Request], gen: GenerationConfig, max_rows: int

@@ -1,6 +1,7 @@
 """Per-sequence DART state and the one place that advances its schedule (DART_SPEC sections 2-6)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -49,6 +50,12 @@ class SequenceState:
         self.cos_sum, self.ratio_sum, self.residual_tokens = self._empty_residual_sums()
         self.signal: SignalAccumulator | None = self._empty_signal()
         self.monitor: DriftMonitor | None = None
+
+    def fork(self, uid: int) -> "SequenceState":
+        """An independent copy under a new uid; only the config, shape, proxies and fixed budgets are shared."""
+        twin = copy.deepcopy(self, {id(x): x for x in (self.cfg, self.shape, self.proxies, self.fixed_counts)})
+        twin.uid = uid
+        return twin
 
     # ---- schedule -------------------------------------------------------------------------
     def epoch_mask_step(self) -> int:

@@ -59,6 +59,7 @@ class GenerationResult:
     finish_reason: str                                  # "eos" | "length"
     telemetry: SequenceTelemetry
     trace: SequenceTrace | None = None
+    score: float | None = None          # log-prob sum of the request's continuation to score (dart.scheduler)
 
 
 @dataclass

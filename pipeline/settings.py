@@ -107,7 +107,8 @@ class GenerationTaskConfig(ChatPromptConfig):
 
     reference_nll: bool = Field(False, description="Also score the reference (QA: the first accepted answer) by "
                                 "teacher forcing: mean negative log-likelihood per reference token under the masks "
-                                "DART forms from the prompt (column reference_nll; one more forward per row).")
+                                "DART forms from the prompt (column reference_nll; one forward over the reference, "
+                                "from the row's own prefill).")
 
 
 class ControlConfig(FrozenModel):

@@ -74,6 +74,31 @@ def test_each_row_equals_it_generated_alone(engine_of, name, max_rows):
         assert close(telemetry(together[k]), telemetry(result)), f"row {k}"
 
 
+@pytest.mark.parametrize("name", ["dart_auto_drift", "dart_reset", "static_m2", "dense", "dart_blockwise"])
+def test_a_scored_continuation_comes_from_the_rows_prefill_and_leaves_the_row_as_it_was(engine_of, name):
+    engine = engine_of(CONFIGS[name])
+    gen = GenerationConfig(max_new_tokens=8)
+    batch = prompts()
+    continuations = [[7 + k, 30, 9 + k][:1 + k % 3] for k in range(len(batch))]
+    plain = generate_continuously(engine, [Request(k, p, k) for k, p in enumerate(batch)], gen, 3)
+    scored = generate_continuously(engine, [Request(k, p, k, c) for k, (p, c) in enumerate(zip(batch, continuations))],
+                                   gen, 3)
+    for k, (prompt, continuation) in enumerate(zip(batch, continuations)):
+        expected = engine.score_continuations(prompt, [continuation]).logprobs[0]
+        assert scored[k].score == pytest.approx(expected, rel=1e-5, abs=1e-5), k
+        assert plain[k].score is None
+        assert scored[k].token_ids == plain[k].token_ids, k
+        assert close(telemetry(scored[k]), telemetry(plain[k])), f"row {k}"
+
+
+def test_a_continuation_past_the_context_is_not_scored_and_the_row_still_generates(engine_of):
+    engine = engine_of(CONFIGS["dart_auto_drift"])
+    gen = GenerationConfig(max_new_tokens=3, stop_on_eos=False)
+    prompt = prompts()[4]
+    out = generate_continuously(engine, [Request("a", prompt, 0, [5] * engine.max_context)], gen, 2)
+    assert out["a"].score is None and len(out["a"].token_ids) == 3
+
+
 def test_sampled_rows_equal_them_alone_with_their_seeds(engine_of):
     engine = engine_of(CONFIGS["dart_auto_drift"])
     gen = GenerationConfig(max_new_tokens=10, temperature=0.8, top_p=0.9, stop_on_eos=False)

@@ -216,36 +216,41 @@ def test_report_says_plainly_when_dart_does_not_beat_static(tmp_path):
 
 
 # ---- reference NLL ------------------------------------------------------------------------------
-def test_reference_nll_dense_equals_a_plain_forward(tiny_model_dir):
-    import torch
-
+def _task(tiny_model_dir, task, overrides, method="dense"):
     from dart.config import DartConfig
     from dart.engine import DartEngine
     from dart.loading import load_model
     from dart.model_config import ModelConfig
     from pipeline.config import load_config
-    from pipeline.tasks.summarize import SummarizeTask
+    from pipeline.tasks import TASKS
 
     model, tokenizer = load_model(ModelConfig(source=str(tiny_model_dir), device="cpu"))
-    config = load_config(None, ["input.paths=[a]", "input.text_column=d", "summarize.reference_nll=true"],
-                         task="summarize")
-    engine = DartEngine(model, tokenizer, DartConfig(method="dense"))
-    prompt = tokenizer("Summarize: the cat sat on the mat.", add_special_tokens=False)["input_ids"]
-    reference = "a cat sat"
-    nll = SummarizeTask(config.task_context(), tokenizer, engine).reference_nll(prompt, reference)
-    engine.close()
-    ref_ids = tokenizer(reference, add_special_tokens=False)["input_ids"]
+    config = load_config(None, ["input.paths=[a]", "input.reference_column=ref", *overrides], task=task)
+    engine = DartEngine(model, tokenizer, DartConfig(method=method))
+    return TASKS[task].runner(config.task_context(), tokenizer, engine), model, tokenizer
+
+
+def test_reference_nll_dense_equals_a_plain_forward(tiny_model_dir):
+    import torch
+
+    task, model, tokenizer = _task(tiny_model_dir, "summarize", ["input.text_column=d", "summarize.reference_nll=true"])
+    rows = [("r1", {"d": "the cat sat on the mat.", "ref": "a cat sat"}), ("r2", {"d": "no reference", "ref": None})]
+    out = task.run(rows)
+    prompt = task.prepare(rows[0][1])[0].ids
+    task.engine.close()
+    ref_ids = tokenizer("a cat sat", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([prompt + ref_ids])).logits[0, len(prompt) - 1:-1].float()
     expected = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ref_ids)[:, None]).mean()
-    assert nll == pytest.approx(float(expected), rel=1e-4)
-    assert SummarizeTask(config.task_context(), tokenizer, engine).reference_nll(prompt, None) is None
+    assert out[0]["reference_nll"] == pytest.approx(float(expected), rel=1e-4)
+    assert out[1]["status"] == "ok" and out[1]["reference_nll"] is None
 
 
-def test_qa_scores_the_first_accepted_answer():
-    from pipeline.tasks.qa import QaTask
-    from pipeline.tasks.summarize import SummarizeTask
-
-    assert QaTask.nll_reference(None, {"references": ["the mat", "mat"]}) == "the mat"
-    assert QaTask.nll_reference(None, {"references": None}) is None
-    assert SummarizeTask.nll_reference(None, {"reference": "a cat"}) == "a cat"
+def test_qa_scores_the_first_accepted_answer(tiny_model_dir):
+    task, _, tokenizer = _task(tiny_model_dir, "qa", ["input.question_column=q", "qa.reference_nll=true",
+                                                 "qa.prompt_template=Question {question}"])
+    row = {"q": "where did the cat sit?", "ref": ["the mat", "mat"]}
+    prompt = task.prepare(row)[0]
+    assert task.reference_ids(row, prompt) == tuple(tokenizer("the mat", add_special_tokens=False)["input_ids"])
+    assert task.reference_ids({**row, "ref": None}, prompt) == ()
+    task.engine.close()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +15,6 @@ from dart.telemetry import SequenceTelemetry
 from ..prompts import Prompt, PromptBuilder, RowError, plain_ids
 from ..settings import InputConfig
 from .batching import SharedBatch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,24 +90,14 @@ class GenerationTask:
     def finish(self, row: dict, text: str, extra: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def nll_reference(self, values: dict[str, Any]) -> str | None:
-        """The reference text whose teacher-forced NLL the row reports."""
-        raise NotImplementedError
-
-    def reference_nll(self, prompt_ids: list[int], reference: str | None) -> float | None:
-        """Mean NLL per reference token after the prompt, under the masks DART forms from the prompt
-        (no drift inside the reference); cut to fit the context; None without a reference."""
-        if not reference:
-            return None
-        ids = plain_ids(self.tokenizer, reference)[:self.engine.max_context - len(prompt_ids)]
-        if not ids:
-            return None
-        try:
-            scores = self.engine.score_continuations(prompt_ids, [ids])
-        except ValueError as err:   # the engine refusing it must not sink the generated row
-            log.warning("reference NLL not computed: %s", err)
-            return None
-        return -scores.logprobs[0] / scores.token_counts[0]
+    def reference_ids(self, row: dict, prompt: Prompt) -> tuple[int, ...]:
+        """The first reference's token ids, cut to fit the context after the prompt, when the row reports
+        its teacher-forced NLL (mean per token under the masks DART forms from the prompt, no drift inside
+        the reference); () otherwise. It is scored from the row's own prefill."""
+        refs = references(row, self.context.input.reference_column) if self.context.settings.reference_nll else None
+        if not refs:
+            return ()
+        return tuple(plain_ids(self.tokenizer, refs[0])[:self.engine.max_context - len(prompt.ids)])
 
     def run(self, rows: list[tuple[str, dict]]) -> list[dict[str, Any]]:
         """One output dict per (row id, row), in order. The rows join the actor's continuous batch."""
@@ -119,23 +106,24 @@ class GenerationTask:
         with self.tokenizing:
             for i, (_, row) in enumerate(rows):
                 try:
-                    ready.append((i, *self.prepare(row)))
+                    prompt, extra = self.prepare(row)
+                    ready.append((i, prompt, self.reference_ids(row, prompt), extra))
                 except RowError as err:
                     out[i] = error_values(err)
         seed = self.context.generation.seed
-        results = self.batch.generate([(prompt.ids, row_seed(seed, rows[i][0])) for i, prompt, _ in ready])
+        results = self.batch.generate([(prompt.ids, row_seed(seed, rows[i][0]), reference)
+                                       for i, prompt, reference, _ in ready])
         with self.tokenizing:
-            for (i, prompt, extra), result in zip(ready, results):
+            for (i, _, reference, extra), result in zip(ready, results):
                 out[i] = error_values(result) if isinstance(result, ValueError) else \
-                    self.finish_row(rows[i][1], prompt, extra, result)
+                    self.finish_row(rows[i][1], reference, extra, result)
         return out
 
-    def finish_row(self, row: dict, prompt: Prompt, extra: dict[str, Any], result) -> dict[str, Any]:
+    def finish_row(self, row: dict, reference: tuple[int, ...], extra: dict[str, Any], result) -> dict[str, Any]:
         text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
         values = self.finish(row, text, extra)
         if self.context.settings.reference_nll:
-            with self.batch.lock:
-                values["reference_nll"] = self.reference_nll(prompt.ids, self.nll_reference(values))
+            values["reference_nll"] = None if result.score is None else -result.score / len(reference)
         telemetry = result.telemetry
         values.update(telemetry_values(telemetry), output=values.get("output", text), finish_reason=result.finish_reason,
                       batch_seconds=telemetry.prefill_seconds + telemetry.decode_seconds, status="ok")

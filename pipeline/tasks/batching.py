@@ -36,13 +36,14 @@ class SharedBatch:
 
         return ContinuousBatcher(self.engine, self.gen, self.max_rows)
 
-    def generate(self, prompts: Sequence[tuple[Sequence[int], int]]) -> list[Any]:
-        """(prompt ids, seed) per row -> its GenerationResult, or the ValueError refusing its prompt."""
+    def generate(self, prompts: Sequence[tuple[Sequence[int], int, Sequence[int]]]) -> list[Any]:
+        """(prompt ids, seed, continuation ids to score or ()) per row -> its GenerationResult, or the
+        ValueError refusing its prompt."""
         from dart.scheduler import Request
 
         call = next(self.calls)
         keys = [(call, k) for k in range(len(prompts))]
-        self.inbox.put([Request(key, ids, seed) for key, (ids, seed) in zip(keys, prompts)])
+        self.inbox.put([Request(key, *row) for key, row in zip(keys, prompts)])
         while True:
             with self.lock:
                 while not self.inbox.empty():

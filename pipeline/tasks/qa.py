@@ -50,9 +50,6 @@ class QaTask(GenerationTask):
                       "exact_match": best_over_references(exact_match, text, refs)}
         return {**extra, "output": text, "references": refs, **scores}
 
-    def nll_reference(self, values: dict[str, Any]) -> str | None:
-        return (values.get("references") or [None])[0]
-
 
 SPEC = TaskSpec(
     name="qa",

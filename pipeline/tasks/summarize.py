@@ -39,9 +39,6 @@ class SummarizeTask(GenerationTask):
         scores = rouge_scores(text, reference) if reference else {"rouge_l": None, "rouge_1": None, "rouge_2": None}
         return {**extra, "reference": reference, **scores}
 
-    def nll_reference(self, values: dict[str, Any]) -> str | None:
-        return values.get("reference")
-
 
 SPEC = TaskSpec(
     name="summarize",
