@@ -52,12 +52,18 @@ def main(task: str, argv: list[str] | None = None) -> int:
     except ValueError as err:   # bad input or config found before any work
         sys.stderr.write(f"error: {err}\n")
         return 2
-    except KeyboardInterrupt as err:   # Ctrl-C or SIGTERM: items finished so far are kept
-        name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
-        sys.stderr.write(f"stopped by {name}; finished items are kept: rerun the same command to resume\n")
-        return 143 if isinstance(err, Terminated) else 130
+    except KeyboardInterrupt as err:
+        return stopped(err)
     sys.stdout.write(closing_text(summary))
     return 0
+
+
+def stopped(err: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM stopped the driver: one line says so (items finished so far are kept); returns
+    the exit code (130 or 143)."""
+    name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
+    sys.stderr.write(f"stopped by {name}; finished items are kept: rerun the same command to resume\n")
+    return 143 if isinstance(err, Terminated) else 130
 
 
 def closing_text(summary: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from jobs.cli import stopped
 from pipeline.study import load_study, run_study
 from pipeline.study.report import results_table
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         log.error("%s", err)
         return 2
+    except KeyboardInterrupt as err:
+        return stopped(err)
     state = "complete" if out["complete"] else "incomplete (rerun to resume)"
     sys.stdout.write(f"study {state}: {out['study_dir']} ({out['configs']} configs, {out['wall_seconds']:.0f} s)\n"
                      f"report: {out['report']}\nplots: {', '.join(out['plots'])}\n\n{results_table(out['summary'])}\n")

@@ -15,11 +15,21 @@ import pyarrow.parquet as pq
 from pipeline.config import JobConfig, parse_config
 from pipeline.schema import BATCH_DEPENDENT, RUN_DEPENDENT
 
+ROOT = Path(__file__).parents[1]
 WORDS = "the a cat dog sat ran on under mat log sun rain city river bank loan".split()
 
 # Rows per file, and rows per item: 7 + 9 + 10 rows in items of 3 -> 3 + 3 + 4 = 10 work items.
 FILE_ROWS = (7, 9, 10)
 ROWS_PER_ITEM = 3
+
+
+def driver_env(ray_cluster) -> dict:
+    """The environment of a driver started as a subprocess that joins the session's Ray cluster. That
+    cluster runs in Ray's single-machine mode (loopback only); its clients must too."""
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
 
 
 def sentence(i: int, n: int = 12) -> str:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import FILE_ROWS, WorkerKiller, job_config, our_workers, same_rows, write_docs
+from pipeline_fixtures import FILE_ROWS, WorkerKiller, driver_env, job_config, our_workers, same_rows, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
@@ -75,14 +75,6 @@ def test_actor_killed_mid_item(num_actors, max_restarts, says, reference, inputs
     assert says in caplog.text
 
 
-def _job_env(ray_cluster) -> dict:
-    # The session cluster runs in Ray's single-machine mode (loopback only); its clients must too.
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
-
-
 @pytest.mark.parametrize("stop, exit_code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143),
                                              (signal.SIGINT, 130)])
 def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, reference, inputs, tiny_model_dir, tmp_path):
@@ -96,7 +88,7 @@ def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, referenc
     markers = Job.open(cfg).run.markers
     log = open(tmp_path / "driver.log", "wb")
     driver = subprocess.Popen([sys.executable, "-m", "jobs.summarize", "--config", str(config_file)],
-                              cwd=ROOT, env=_job_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT)
+                              cwd=ROOT, env=driver_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT)
     actors: set[int] = set()
     try:
         deadline = time.time() + 180

@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import write_docs
+import yaml
+from pipeline_fixtures import ROOT, driver_env, write_docs
 
 from pipeline.study.config import StudyConfig, expand
 from pipeline.study.sweep import run_study
 
 
 def tiny_study(model_dir, data_dir, out) -> StudyConfig:
-    return StudyConfig.model_validate({
+    return StudyConfig.model_validate(tiny_study_data(model_dir, data_dir, out))
+
+
+def tiny_study_data(model_dir, data_dir, out) -> dict:
+    return {
         "study": {"name": "tiny", "output": str(out), "limit": 6, "bootstrap_samples": 200},
         "base": {"model": {"source": str(model_dir), "device": "cpu"}, "generation": {"max_new_tokens": 6, "stop_on_eos": False},
                  "pool": {"num_actors": 1, "batch_size": 3}, "summarize": {"max_document_tokens": 48,
@@ -25,7 +34,7 @@ def tiny_study(model_dir, data_dir, out) -> StudyConfig:
         "datasets": [{"name": "docs", "job": {"task": "summarize", "input": {
             "paths": [str(data_dir)], "text_column": "document", "reference_column": "summary",
             "rows_per_item": 3}}}],
-    })
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +90,33 @@ def test_runs_share_items_and_keep_apart_by_fingerprint(study_run):
     jobs = [Job.open(r.config) for r in runs]
     assert len({j.run.root for j in jobs}) == 3
     assert all([it.item_id for it in j.plan] == [it.item_id for it in jobs[0].plan] for j in jobs)
+
+
+def test_a_stopped_study_says_so_in_one_line_and_its_rerun_resumes(ray_cluster, tiny_model_dir, tmp_path):
+    """SIGTERM (schedulers, `ray job stop`) to `python -m jobs.study` once some items are done."""
+    data, out = tmp_path / "docs", tmp_path / "studies"
+    data.mkdir()
+    write_docs(data, bad_rows=False)
+    spec = tiny_study_data(tiny_model_dir, data, out)
+    spec["base"]["testing"] = {"delay_seconds": 0.5}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    with open(tmp_path / "driver.log", "wb") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "jobs.study", "--config", str(tmp_path / "study.yaml")],
+                                  cwd=ROOT, env=driver_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 180
+            while not list(out.glob("runs/*/markers/*.json")):
+                assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+                assert time.time() < deadline, "the study wrote no markers in 180 s"
+                time.sleep(0.05)
+            driver.send_signal(signal.SIGTERM)
+            assert driver.wait(timeout=60) == 143
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    said = (tmp_path / "driver.log").read_text()
+    assert "finished items are kept" in said and "Traceback" not in said, said[-3000:]
+    done = len(list(out.glob("runs/*/markers/*.json")))
+    assert done >= 1
+    result = run_study(StudyConfig.model_validate(spec))
+    assert result["complete"]
