@@ -22,8 +22,10 @@ from typing import Any
 import pyarrow as pa
 
 from .config import JobConfig, apply_overrides, load_config, parse_config
+from .placement import autoscaler_node_types, check_placement
 from .records import id_strings, python_rows
 from .schema import output_schema
+from .settings import PoolConfig
 from .tasks import TASKS
 from .worker import runtime_ids
 
@@ -69,18 +71,35 @@ def map_batches_options(config: JobConfig | str | Path, overrides: Sequence[str]
     """Keyword arguments of `Dataset.map_batches(DartBatchMapper, ...)` from the config's pool section:
     a fixed pool of pool.num_actors actors with its CPUs/GPUs, each running pool.in_flight_per_actor
     calls at once (their rows share the actor's continuous batch, as a job's items do), pool.batch_size
-    rows per call, pyarrow batches (the input's column types kept).
-    Ray Data's read and write tasks need CPUs beside the pool's: on a cluster whose CPUs the pool
-    takes whole, the dataset waits forever (Ray 2.60)."""
+    rows per call, pyarrow batches (the input's column types kept). A pool Ray Data would wait on
+    forever is refused (`check_pool_room`)."""
     import ray
 
     config = job_config(config, overrides)
     pool = config.pool
+    check_pool_room(pool)
     calls = pool.in_flight_per_actor
     compute = ray.data.ActorPoolStrategy(size=pool.num_actors, max_tasks_in_flight_per_actor=calls,
                                          max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True)
     return {"fn_constructor_kwargs": {"config": config}, "compute": compute, "num_cpus": pool.cpus_per_actor,
             "num_gpus": pool.num_gpus_per_actor, "batch_size": pool.batch_size, "batch_format": "pyarrow"}
+
+
+def check_pool_room(pool: PoolConfig) -> None:
+    """Raise a ValueError naming the pool keys for a pool the running cluster can never place
+    (`placement.check_placement`) or, on a cluster that cannot grow, one that takes every CPU: Ray
+    Data's read and write tasks need a CPU beside the pool's, and without one the dataset waits
+    forever (Ray 2.60). Without a running Ray (it starts with the first dataset) nothing is checked."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    check_placement(pool)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus - pool.num_actors * pool.cpus_per_actor < 1 and autoscaler_node_types() is None:
+        raise ValueError(f"pool.num_actors={pool.num_actors} x pool.cpus_per_actor={pool.cpus_per_actor} take "
+                         f"all {cpus:g} CPUs of the Ray cluster, and Ray Data's read and write tasks need one "
+                         "beside them: lower pool.num_actors or pool.cpus_per_actor")
 
 
 def plain(value: Any) -> Any:

@@ -41,6 +41,15 @@ def mapper(config):
     return DartBatchMapper(config)
 
 
+def test_a_pool_ray_data_would_wait_on_forever_is_refused(ray_cluster, config):
+    # the session's Ray has 2 CPUs: 2 actors of 1 CPU leave none to Ray Data's reads; 3 cannot be placed
+    with pytest.raises(ValueError, match=r"pool.num_actors=2 x pool.cpus_per_actor=1 take all 2 CPUs"):
+        map_batches_options(config, ["pool.num_actors=2"])
+    with pytest.raises(ValueError, match=r"cannot place pool.num_actors=3"):
+        map_batches_options(config, ["pool.num_actors=3"])
+    assert map_batches_options(config, ["pool.num_actors=1"])["num_cpus"] == 1
+
+
 def test_map_batches_rows_equal_the_jobs_rows(ray_cluster, config, inputs):
     job_rows = pq.read_table(f"{run_job(config)['run_dir']}/parts")
     dataset = ray_cluster.data.read_parquet([str(p) for p in inputs])
