@@ -98,6 +98,26 @@ def test_cost_frame_equal_and_interpolated_differences(tmp_path):
     assert saving["flops_diff"] == pytest.approx(0.6 - 0.975) and saving["quality_diff"] == pytest.approx(0.02)
 
 
+def test_cheaper_configs_at_a_quality_not_shown_worse(tmp_path):
+    costs = write_report(toy_results(), cost_study(tmp_path), tmp_path)["costs"]
+    matched = costs[costs["kind"] == "matched"].set_index("b")
+    # The cheapest config of another variant, dart_block@a50 (0.6), is better than both decode-only ones;
+    # static@a50 and dart@a50 cost the same (within 0.02), and no variant has a config cheaper than dart_block's.
+    assert dict(matched["a"]) == {"dart@a50": "dart_block@a50", "static@a50": "dart_block@a50"}
+    assert matched.loc["dart@a50", "quality_diff"] == pytest.approx(0.02)
+    assert matched.loc["dart@a50", "flops_diff"] == pytest.approx(0.6 - 0.975)
+    # Where the cheapest is worse, the next cheaper config that is not is named instead.
+    worse = write_report(toy_results(drop={**DROP, "dart_block@a50": 0.12}), cost_study(tmp_path), tmp_path)["costs"]
+    matched = worse[worse["kind"] == "matched"].set_index("b")
+    assert dict(matched["a"]) == {"dart@a50": "dart_block@a30", "static@a50": "dart_block@a30"}
+    assert matched.loc["static@a50", "quality_diff"] == pytest.approx(0.08)
+    # Every cheaper config worse: none named, and the answer says so.
+    out = write_report(toy_results(drop={**DROP, "dart_block@a30": 0.2, "dart_block@a50": 0.2}), cost_study(tmp_path),
+                       tmp_path)
+    assert (out["costs"]["kind"] != "matched").all()
+    assert "No config of one variant is cheaper" in Path(out["report"]).read_text()
+
+
 def test_report_answers_plainly(tmp_path):
     text = write_report(toy_results(), cost_study(tmp_path), tmp_path)["report"]
     text = Path(text).read_text()
@@ -107,6 +127,9 @@ def test_report_answers_plainly(tmp_path):
     assert "(between dart_block@a30 at 0.800 and dense at 1.000): dart_block has the better ROUGE-L" in answer
     assert "dart_block@a50 (blockwise prefill against dense) saves 0.375 [0.375, 0.375] of dense FFN FLOPs" in answer
     assert "Frontier" in answer and "dart_block@a50 (0.600" in answer and "static@a50 (by dart_block@a30)" in answer
+    assert ("Cheaper, quality not shown worse (the cheapest such config of another variant): dart_block@a50 (0.600 of "
+            "dense FFN FLOPs) against dart@a50 (0.975): saves 0.375 [0.375, 0.375] of dense FFN FLOPs, ROUGE-L "
+            "dart_block@a50 - dart@a50 = +0.0200 [+0.0200, +0.0200]") in answer
     assert "![cost_quality_toy](cost_quality_toy.png)" in text
 
 

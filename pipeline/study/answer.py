@@ -10,7 +10,9 @@ Two questions, each answered from the per-item results with paired bootstrap int
   cost, the baseline counting as every variant at full cost (a keep ratio of 1 computes what dense
   computes); the interpolation weights are taken from the cost point estimates.
 * What does a change of method save, and what does it cost in quality? Every `study.compare` pair
-  at a budget both ran: FLOPs saved as a fraction of dense against the quality change.
+  at a budget both ran: FLOPs saved as a fraction of dense against the quality change; and, across
+  budgets, each config against the cheapest config of another variant whose quality is not shown
+  worse (its paired difference's interval reaches 0 or above).
 """
 from __future__ import annotations
 
@@ -120,12 +122,32 @@ def interpolated_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: d
     return rows
 
 
+def matched_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each config b against the cheapest config a of another variant (the baseline aside) that costs
+    less by more than the tolerance and whose quality is not shown worse than b's."""
+    dataset, metric = in_ds["dataset"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
+    points = in_ds[in_ds["variant"] != study.study.baseline].dropna(subset=[COST, "quality"]).sort_values(COST)
+    rows = []
+    for _, b in points.iterrows():
+        cheaper = points[(points["variant"] != b["variant"]) & (points[COST] < b[COST] - study.study.equal_flops_tolerance)]
+        for _, a in cheaper.iterrows():
+            diffs = _quality_diffs(results, dataset, a["config"], [(b["config"], 1.0)], boot)
+            if diffs["quality"].n and diffs["quality"].high >= 0:
+                row = _cost_row(dataset, "matched", a, b["config"], b[COST], diffs, metric)
+                _put(row, "flops_diff", paired_flops(results, dataset, a["config"], b["config"], boot))
+                rows.append(row)
+                break
+    return rows
+
+
 def cost_frame(results: pd.DataFrame, summary: pd.DataFrame, study, boot: dict[str, Any]) -> pd.DataFrame:
-    """Quality differences at equal end-to-end cost: measured pairs, then interpolated ones."""
+    """Quality differences at equal end-to-end cost (measured pairs, then interpolated ones), and the
+    cheaper configs of another variant whose quality is not shown worse."""
     rows = []
     for dataset in summary["dataset"].unique():
         in_ds = summary[summary["dataset"] == dataset]
-        rows += equal_cost_rows(results, in_ds, study, boot) + interpolated_rows(results, in_ds, study, boot)
+        rows += (equal_cost_rows(results, in_ds, study, boot) + interpolated_rows(results, in_ds, study, boot)
+                 + matched_rows(results, in_ds, study, boot))
     return pd.DataFrame(rows)
 
 
@@ -186,6 +208,15 @@ def cost_sentence(row: pd.Series, baseline: str) -> str:
             f"(between {row['between']}): {better(row['a'], row['b'], row['metric'], quality)}{tail}")
 
 
+def matched_sentence(row: pd.Series, baseline: str) -> str:
+    """One plain sentence of a `matched` cost_frame row: a cheaper config at a quality not shown worse."""
+    flops, quality, agree = _row_est(row, "flops_diff"), _row_est(row, "quality_diff"), _row_est(row, "agreement_diff")
+    tail = f"; agreement with {baseline} (ROUGE-L) {_interval(agree)}." if agree.n else "."
+    return (f"{row['a']} ({row['flops_a']:.3f} of dense FFN FLOPs) against {row['b']} ({row['flops_b']:.3f}): saves "
+            f"{-flops.value:.3f} [{-flops.high:.3f}, {-flops.low:.3f}] of dense FFN FLOPs, {row['metric']} "
+            f"{row['a']} - {row['b']} = {_interval(quality)}{tail}")
+
+
 def saving_sentence(row: pd.Series, summary: pd.DataFrame, tolerance: float) -> str:
     """What config a saves against config b (a study.compare pair at one budget), and what it costs."""
     by = summary[summary["dataset"] == row["dataset"]].set_index("config")
@@ -232,6 +263,11 @@ def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.Dat
         interpolated = here[here["kind"] == "interpolated"] if len(here) else here
         lines += [f"- Interpolated (an estimate between measured configs): {cost_sentence(r, s.baseline)}"
                   for _, r in interpolated.iterrows()]
+        matched = here[here["kind"] == "matched"] if len(here) else here
+        lines += [f"- Cheaper, quality not shown worse (the cheapest such config of another variant): "
+                  f"{matched_sentence(r, s.baseline)}" for _, r in matched.iterrows()]
+        if not len(matched):
+            lines.append("- No config of one variant is cheaper than a config of another at a quality not shown worse.")
         mine = comparisons[comparisons["dataset"] == dataset] if len(comparisons) else comparisons
         lines += [f"- At the same budget: {saving_sentence(r, summary, s.equal_flops_tolerance)}"
                   for _, r in mine.iterrows()]
