@@ -93,6 +93,8 @@ def test_cost_frame_equal_and_interpolated_differences(tmp_path):
     assert inter.loc["static@a50", "quality_diff"] == pytest.approx(-0.10 + 0.15 * 0.02)
     assert inter.loc["dart@a50", "quality_diff"] == pytest.approx(-0.08 + 0.125 * 0.02)
     assert inter.loc["static@a50", "quality_diff_high"] < 0
+    # Agreement with dense is not drawn towards dense, whose agreement with itself is 1 by definition.
+    assert inter["agreement_diff"].isna().all() and (equal["agreement_diff"].notna()).all()
     assert (tmp_path / "equal_cost.csv").stat().st_size > 0 and (tmp_path / "cost_quality_toy.png").stat().st_size > 0
     saving = out["comparisons"].set_index("a").loc["dart_block@a50"]
     assert saving["flops_diff"] == pytest.approx(0.6 - 0.975) and saving["quality_diff"] == pytest.approx(0.02)

@@ -8,7 +8,9 @@ Two questions, each answered from the per-item results with paired bootstrap int
   `study.equal_flops_tolerance` are compared item by item. Where a variant runs at no cost near a
   config's, its quality there is interpolated linearly in cost between its two configs around that
   cost, the baseline counting as every variant at full cost (a keep ratio of 1 computes what dense
-  computes); the interpolation weights are taken from the cost point estimates.
+  computes); the interpolation weights are taken from the cost point estimates. Agreement with the
+  baseline is not interpolated towards the baseline itself: it is 1 there by definition and falls
+  steeply with the first changed token, so a straight line would overstate it.
 * What does a change of method save, and what does it cost in quality? Every `study.compare` pair
   at a budget both ran: FLOPs saved as a fraction of dense against the quality change; and, across
   budgets, each config against the cheapest config of another variant whose quality is not shown
@@ -117,8 +119,10 @@ def interpolated_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: d
             if weights is None or not near.empty:
                 continue
             between = " and ".join(f"{c} at {points.set_index('config').loc[c, COST]:.3f}" for c, _ in weights)
-            rows.append(_cost_row(dataset, "interpolated", a, variant, float(a[COST]),
-                                  _quality_diffs(results, dataset, a["config"], weights, boot), metric, between))
+            diffs = _quality_diffs(results, dataset, a["config"], weights, boot)
+            if baseline in (c for c, _ in weights):   # its agreement with itself is 1: no line to draw through
+                diffs["dense_rouge_l"] = EMPTY
+            rows.append(_cost_row(dataset, "interpolated", a, variant, float(a[COST]), diffs, metric, between))
     return rows
 
 
