@@ -76,13 +76,6 @@ def compact_ffn(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> 
     return F.linear(compact_activations(mlp, hidden, weights), weights.down, weights.down_bias)
 
 
-def scatter_activations(act: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
-    """Activations of gathered neurons [T, k] placed among all N neurons [T, N] float32 (0 elsewhere)."""
-    full = torch.zeros(act.shape[0], width, dtype=torch.float32, device=act.device)
-    full[:, ids] = act.float()
-    return full
-
-
 def union_kept(kept_sets: list[list[torch.Tensor]], width: int) -> list[torch.Tensor]:
     """Per layer, the sorted union of the rows' kept neuron ids. kept_sets: [G][L] id tensors."""
     union = []

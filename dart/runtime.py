@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .compact import CompactWeights, compact_activations, scatter_activations
+from .compact import CompactWeights, compact_activations
 from .patch import DartMLP
 from .phase import ForwardPhase
 from .state import SequenceState
@@ -86,9 +86,7 @@ class ForwardPass:
 
     def _accumulate(self, row: int, layer: int, act: torch.Tensor, ids: torch.Tensor | None) -> None:
         """A masked prompt block: the row's computed activations [T, N] (or [T, k] of `ids`) join its statistics."""
-        state = self.states[row]
-        full = act.float() if ids is None else scatter_activations(act, ids, state.shape.width)
-        state.observe_activations(layer, full)
+        self.states[row].observe_activations(layer, act.float(), ids)
 
     def residual(self, layer: int, residual: torch.Tensor) -> None:
         if self.residual_rows:

@@ -6,15 +6,28 @@ import torch
 from .config import Ranking, Selection
 
 
-def l2_update(sum_sq: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """Add tokens' squared activations. sum_sq: [N]; act: [T, N] (float32)."""
-    return sum_sq + act.square().sum(dim=0)
+def _add(stat: torch.Tensor, per_neuron: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+    return stat + per_neuron if ids is None else stat.index_add(0, ids, per_neuron)
 
 
-def griffin_update(sum_sq: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-    """GRIFFIN: each token's activation scaled to unit L2 norm before the L2 over tokens."""
+def l2_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Add tokens' squared activations. sum_sq: [N]; act: [T, N] (float32), or [T, k] of the neurons
+    `ids` alone (the others computed nothing: 0)."""
+    return _add(sum_sq, act.square().sum(dim=0), ids)
+
+
+def griffin_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """GRIFFIN: each token's activation scaled to unit L2 norm before the L2 over tokens (act and ids as
+    in l2_update: neurons left out are 0 and add nothing to the norm)."""
     unit = act / act.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return sum_sq + unit.square().sum(dim=0)
+    return _add(sum_sq, unit.square().sum(dim=0), ids)
+
+
+def scattered(act: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Activations of the neurons `ids` [T, k] placed among all `width` neurons [T, N] float32, 0 elsewhere."""
+    full = torch.zeros(act.shape[0], width, dtype=torch.float32, device=act.device)
+    full[:, ids] = act.float()
+    return full
 
 
 def ema_first_block(act: torch.Tensor, decay: float) -> torch.Tensor:

@@ -150,9 +150,8 @@ class SequenceState:
 
     def _empty_residual_sums(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Auto budget, per layer: sums of cos(x, y) and ||y - x|| / ||x|| [L], and their token counts."""
-        rows = self._rows()
-        return torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64), \
-            [0] * self.shape.num_layers
+        sums = torch.zeros(2, self._rows(), dtype=torch.float64)
+        return sums[0], sums[1], [0] * self.shape.num_layers
 
     def _empty_signal(self) -> SignalAccumulator | None:
         if not self.cfg.drift_enabled:
@@ -160,13 +159,15 @@ class SequenceState:
         return SignalAccumulator(self.shape.hidden * self.cfg.drift.signal_layers, self.cfg.drift.window)
 
     # ---- statistics -----------------------------------------------------------------------
-    def observe_activations(self, layer: int, act: torch.Tensor) -> None:
-        """act: [T, N] float32 neuron activations of this sequence's real tokens."""
+    def observe_activations(self, layer: int, act: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """act: [T, N] float32 neuron activations of this sequence's real tokens, or [T, k] of neurons `ids`."""
         cfg, act = self.cfg, act.to(self.device)
+        if ids is not None and cfg.decay is not None:        # an EMA decays the neurons not computed too
+            act, ids = scores.scattered(act, ids, self.shape.width), None
         if cfg.method == "griffin":
-            self.stat[layer] = scores.griffin_update(self.stat[layer], act)
+            self.stat[layer] = scores.griffin_update(self.stat[layer], act, ids)
         elif cfg.decay is None:
-            self.stat[layer] = scores.l2_update(self.stat[layer], act)
+            self.stat[layer] = scores.l2_update(self.stat[layer], act, ids)
         elif self.stat_tokens[layer] == 0:
             self.stat[layer] = scores.ema_first_block(act, cfg.decay)
         else:
@@ -290,11 +291,7 @@ class SequenceState:
 
     def state_bytes(self) -> int:
         total = self.stat.numel() * 4 + (self.cos_sum.numel() + self.ratio_sum.numel()) * 8
-        if self.kept is not None:
-            total += sum(k.numel() * k.element_size() for k in self.kept)
-        if self.signal is not None:
-            total += self.signal.state_bytes()
-        if self.monitor is not None:
-            total += self.monitor.state_bytes()
+        total += sum(k.numel() * k.element_size() for k in self.kept or [])
+        total += sum(part.state_bytes() for part in (self.signal, self.monitor) if part is not None)
         total += sum(x.numel() * x.element_size() for x in self.recent_inputs if x is not None)
         return total

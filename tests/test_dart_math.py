@@ -73,6 +73,15 @@ def test_topk_breaks_ties_by_lower_index_and_mean_threshold():
     assert scores.select(s, 3, "mean_threshold").tolist() == [1, 2, 3]
 
 
+def test_statistics_of_kept_neurons_alone_equal_those_of_all_neurons_with_zeros():
+    act = torch.tensor([[3.0, -4.0, 0.5], [0.0, 2.0, -1.0]])          # neurons 1, 3 and 4 of 6
+    ids, prior = torch.tensor([1, 3, 4]), torch.arange(6, dtype=torch.float32)
+    full = scores.scattered(act, ids, 6)
+    assert full[:, [0, 2, 5]].abs().sum() == 0 and torch.equal(full[:, ids], act)
+    assert torch.allclose(scores.l2_update(prior, act, ids), scores.l2_update(prior, full))
+    assert torch.allclose(scores.griffin_update(prior, act, ids), scores.griffin_update(prior, full))
+
+
 def test_l2_ema_griffin_statistics():
     act = torch.tensor([[3.0, -4.0], [0.0, 2.0]])
     assert scores.magnitude(scores.l2_update(torch.zeros(2), act), None).tolist() == pytest.approx([3, math.sqrt(20)])
