@@ -113,8 +113,8 @@ class DartEngine:
         for state, prompt in zip(states, prompts):
             state.prompt_forwards = sum(start < len(prompt) for start in starts)
         batch = DecodeBatch.empty(states, DynamicCache(config=self.model.config), self.device)
-        logits = run_blocks(lambda ids, mask: self._step(batch, ids, mask, prompt_block=blockwise), prompts, starts,
-                            self.pad_id, self.device)
+        logits = run_blocks(lambda ids, mask, logits: self._step(batch, ids, mask, blockwise, logits), prompts,
+                            starts, self.pad_id, self.device)
         return logits, batch
 
     @torch.inference_mode()
@@ -132,17 +132,18 @@ class DartEngine:
         state accounts one forward of its rows' tokens. Returns logits at every position [B, T, V]."""
         phase_of = {s.uid: s.form_now() for s in batch.states}
         phases = [phase_of[s.uid] for s in batch.states]
-        return self._run(batch, phases, input_ids, token_mask, all_logits=True)
+        return self._run(batch, phases, input_ids, token_mask, keep=0)
 
     def _step(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor,
-              prompt_block: bool = False) -> torch.Tensor:
+              prompt_block: bool = False, logits: bool = True) -> torch.Tensor | None:
         """One forward that advances the schedule of every row with a token in it; returns last-position
-        logits [B, V]."""
+        logits [B, V], or None without `logits` (the LM head is not run)."""
         tokens = self._tokens_per_state(batch.states, token_mask)
         phase_of = {uid: state.begin_forward(count, prompt_block) if count else IDLE
                     for uid, (state, count) in tokens.items()}
         phases = [phase_of[s.uid] for s in batch.states]
-        return self._run(batch, phases, input_ids, token_mask)[:, -1]
+        out = self._run(batch, phases, input_ids, token_mask, keep=1 if logits else None)
+        return None if out is None else out[:, -1]
 
     @staticmethod
     def _tokens_per_state(states: list[SequenceState], token_mask: torch.Tensor) -> dict[int, tuple]:
@@ -153,11 +154,12 @@ class DartEngine:
         return out
 
     def _run(self, batch: DecodeBatch, phases: list[ForwardPhase], input_ids: torch.Tensor,
-             token_mask: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
-        """Forward the tokens through the model and the cache, then account it in each state."""
+             token_mask: torch.Tensor, keep: int | None = 1) -> torch.Tensor | None:
+        """Forward the tokens through the model and the cache, then account it in each state. Logits of the
+        last `keep` positions (0: all; None: none, the LM head not run)."""
         attention_mask, position_ids = batch.append(token_mask)
         logits, execution = self._forward(batch.states, phases, input_ids, attention_mask, position_ids,
-                                          batch.cache, token_mask, all_logits)
+                                          batch.cache, token_mask, keep)
         batch.advance(attention_mask, token_mask)
         for state, count in self._tokens_per_state(batch.states, token_mask).values():
             if count:
@@ -173,16 +175,21 @@ class DartEngine:
             self._mask_cache = (key, batch_masks(states, phases, self.dtype, self.device))
         return self._mask_cache[1]
 
-    def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, all_logits=False):
+    def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, keep=1):
         plan = self._gather.plan(states, phases, token_mask)
         masks = None if plan.gathered else self._masks(states, phases)
         self.runtime.current = ForwardPass(states, phases, token_mask, masks, plan.weights, plan.row_weights)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                      use_cache=True)
         try:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+            logits = None
+            if keep is None:         # the decoder alone: no row needs this forward's logits
+                self.model.get_decoder()(**inputs)
+            else:
+                logits = self.model(**inputs, logits_to_keep=keep).logits.float()
         finally:
             self.runtime.current = None
-        return out.logits.float(), self._execution(states, plan, masks, token_mask)
+        return logits, self._execution(states, plan, masks, token_mask)
 
     def _execution(self, states, plan: FfnPlan, masks: torch.Tensor | None, token_mask) -> dict[int, FfnExecution]:
         """What the forward just run computed in the FFN, for each row's ledger: {uid: execution}."""

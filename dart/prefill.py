@@ -26,15 +26,17 @@ def block_inputs(prompts: Sequence[Sequence[int]], start: int, end: int, pad_id:
     return input_ids, token_mask
 
 
-def run_blocks(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], prompts: Sequence[Sequence[int]],
-               starts: list[int], pad_id: int, device: torch.device) -> torch.Tensor:
+def run_blocks(step: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor | None],
+               prompts: Sequence[Sequence[int]], starts: list[int], pad_id: int, device: torch.device) -> torch.Tensor:
     """Feed the prompts block by block (`starts`: where each block starts, the first at 0) to
-    `step(input_ids, token_mask) -> last-position logits [B, V]`. Returns each row's logits after its last
-    prompt token [B, V] (from the last block it had tokens in)."""
+    `step(input_ids, token_mask, logits) -> last-position logits [B, V]`, or None when `logits` is False:
+    a block in which no prompt ends feeds no logits. Returns each row's logits after its last prompt
+    token [B, V] (from the block its prompt ends in)."""
     logits = None
     ends = starts[1:] + [max(len(prompt) for prompt in prompts)]
     for start, end in zip(starts, ends):
         input_ids, token_mask = block_inputs(prompts, start, end, pad_id, device)
-        out = step(input_ids, token_mask)
-        logits = out if logits is None else torch.where(token_mask[:, -1:], out, logits)
+        out = step(input_ids, token_mask, any(start < len(prompt) <= end for prompt in prompts))
+        if out is not None:
+            logits = out if logits is None else torch.where(token_mask[:, -1:], out, logits)
     return logits
