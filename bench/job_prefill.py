@@ -6,7 +6,7 @@ generated tokens), the sparsity applied to prompt tokens, and ROUGE-L.
     python -m bench.job_prefill [--config conf/summarize.yaml] [--reps 1] [--blockwise-set key=value] [key=value ...]
 
 `--blockwise-set` overrides apply to the block-wise side only, e.g. `dart.keep_ratio=0.7` to set
-block-wise DART at 30% against decode-only DART at the config's 50%.
+block-wise DART at 30% against decode-only DART at 50% (`dart.keep_ratio=0.5`, both sides).
 
 Both sides start their actors and load the model per job, as a user's job does.
 """
@@ -22,7 +22,7 @@ from pipeline.config import load_config
 from pipeline.driver import run_job
 
 BLOCKWISE = ["dart.prefill.mode=blockwise", "dart.prefill.first_block_tokens=64", "dart.prefill.block_tokens=224"]
-SIDES = {"decode-only DART (dense prompt)": [], "block-wise DART prefill": BLOCKWISE}
+SIDES = {"decode-only DART (dense prompt)": ["dart.prefill.mode=dense"], "block-wise DART prefill": BLOCKWISE}
 
 
 def one_job(config_path: str, overrides: list[str]) -> dict:
