@@ -122,7 +122,8 @@ def same_outputs(table: pa.Table, reference: pa.Table) -> str:
 
 def sides(config: JobConfig) -> dict[str, list[str] | None]:
     """Side -> the job's overrides (None: the baseline)."""
-    out: dict[str, list[str] | None] = {BASELINE: None, "job, dense": ["dart.method=dense", "dart.prefill.mode=dense"]}
+    dense = ["dart.method=dense", "dart.prefill.mode=dense"]      # block-wise prefill needs a pruning method
+    out: dict[str, list[str] | None] = {BASELINE: None, "job, dense": dense}
     if config.dart.method != "dense":
         out[f"job, {config.dart.method} keep {config.dart.keep_ratio}"] = []
     return out
