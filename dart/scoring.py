@@ -15,9 +15,9 @@ def forced_logprobs(engine, batch: DecodeBatch, first: torch.Tensor,
     """Each continuation's log-probs [len(c), V] after the one row of `batch`: its first position from
     the prompt (`first`, [1, V]), the rest from one teacher-forced forward over all continuations, one
     row each sharing the state. `batch` becomes those rows."""
-    if max(len(c) for c in continuations) == 1:    # every score comes from the prompt's forward
-        return [first] * len(continuations)
     longest = max(len(c) for c in continuations)
+    if longest == 1:                     # every score comes from the prompt's forward
+        return [first] * len(continuations)
     batch.select([0] * len(continuations))
     cont = torch.full((len(continuations), longest), engine.pad_id, dtype=torch.long, device=engine.device)
     cont_mask = torch.zeros_like(cont, dtype=torch.bool)
