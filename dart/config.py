@@ -148,7 +148,7 @@ class DartConfig(FrozenModel):
             check_per_layer_syntax(self.per_layer)
         if self.prefill.mode == "blockwise" and not self.prunes:
             raise ValueError("prefill.mode 'blockwise' needs a method that prunes (static, griffin or dart); "
-                             "method 'dense' prunes nothing")
+                             "method 'dense' prunes nothing: for a dense run set prefill.mode 'dense' too")
         return self
 
     @property
