@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 # (column title, summary key, format) of the closing table; the task's quality columns go between.
 COMMON = [("items", "items", "{:d}"), ("rows", "rows", "{:d}"), ("errors", "error_rows", "{:d}")]
-TAIL = [("applied sparsity", "mean_applied_sparsity", "{:.3f}"), ("drift events", "drift_events", "{:d}"),
-        ("tokens/s", "tokens_per_second", "{:.1f}")]
+TAIL = [("applied sparsity", "mean_applied_sparsity", "{:.3f}"),
+        ("FFN FLOPs vs dense", "ffn_flops_executed_fraction", "{:.3f}"),   # prompt and generated tokens
+        ("drift events", "drift_events", "{:d}"), ("tokens/s", "tokens_per_second", "{:.1f}")]
 
 
 def format_table(summary: dict[str, Any]) -> str:

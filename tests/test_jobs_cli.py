@@ -24,8 +24,9 @@ def test_task_mismatch_is_refused():
 
 def test_final_table_has_the_issue_columns():
     table = format_table({"task": "summarize", "items": 6, "rows": 24, "error_rows": 0, "rouge_l": 0.1534,
-                          "mean_applied_sparsity": 0.5, "drift_events": 3, "tokens_per_second": 12.34})
+                          "mean_applied_sparsity": 0.5, "ffn_flops_executed_fraction": 0.7712, "drift_events": 3,
+                          "tokens_per_second": 12.34})
     titles, values = table.splitlines()
-    for word in ("items", "ROUGE-L", "applied sparsity", "drift events", "tokens/s"):
+    for word in ("items", "ROUGE-L", "applied sparsity", "FFN FLOPs vs dense", "drift events", "tokens/s"):
         assert word in titles
-    assert "0.153" in values and "12.3" in values
+    assert "0.153" in values and "0.771" in values and "12.3" in values
