@@ -22,7 +22,10 @@ from pipeline.config import load_config
 from pipeline.driver import run_job
 
 BLOCKWISE = ["dart.prefill.mode=blockwise", "dart.prefill.first_block_tokens=64", "dart.prefill.block_tokens=224"]
-SIDES = {"decode-only DART (dense prompt)": ["dart.prefill.mode=dense"], "block-wise DART prefill": BLOCKWISE}
+def sides(blockwise_set: list[str]) -> dict[str, list[str]]:
+    """Side -> its overrides; `blockwise_set` goes to the block-wise side alone."""
+    return {"decode-only DART (dense prompt)": ["dart.prefill.mode=dense"],
+            "block-wise DART prefill": [*BLOCKWISE, *blockwise_set]}
 
 
 def one_job(config_path: str, overrides: list[str]) -> dict:
@@ -44,14 +47,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="an override of the block-wise side only (repeatable)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the job config (both sides)")
     args = parser.parse_args(argv)
-    sides = {**SIDES, "block-wise DART prefill": [*BLOCKWISE, *args.blockwise_set]}
+    plan = sides(args.blockwise_set)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    runs: dict[str, list[dict]] = {side: [] for side in plan}
     for rep in range(2 * args.reps):
-        order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+        order = list(plan) if rep % 2 == 0 else list(reversed(plan))
         for side in order:
-            runs[side].append(one_job(args.config, [*args.overrides, *sides[side]]))
-    base = statistics.fmean(r["rows"] / r["wall_seconds"] for r in runs[next(iter(sides))])
+            runs[side].append(one_job(args.config, [*args.overrides, *plan[side]]))
+    base = statistics.fmean(r["rows"] / r["wall_seconds"] for r in runs[next(iter(plan))])
     rows = []
     for side, summaries in runs.items():
         rate = statistics.fmean(r["rows"] / r["wall_seconds"] for r in summaries)
