@@ -150,8 +150,9 @@ class SequenceState:
 
     def _empty_residual_sums(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Auto budget, per layer: sums of cos(x, y) and ||y - x|| / ||x|| [L], and their token counts."""
-        sums = torch.zeros(2, self._rows(), dtype=torch.float64)
-        return sums[0], sums[1], [0] * self.shape.num_layers
+        rows = self._rows()
+        cos_sum, ratio_sum = torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64)
+        return cos_sum, ratio_sum, [0] * self.shape.num_layers
 
     def _empty_signal(self) -> SignalAccumulator | None:
         if not self.cfg.drift_enabled:
