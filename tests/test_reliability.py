@@ -17,13 +17,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import FILE_ROWS, WorkerKiller, driver_env, job_config, our_workers, same_rows, write_docs
+from pipeline_fixtures import FILE_ROWS, ROOT, WorkerKiller, driver_env, job_config, our_workers, same_rows, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
 from pipeline.job import Job
 
-ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
