@@ -242,6 +242,11 @@ def saving_sentence(row: pd.Series, summary: pd.DataFrame, tolerance: float) -> 
             f"agreement change of {_interval(agree)}.")
 
 
+def of_kind(costs: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The cost_frame rows of one kind (equal, interpolated, matched); an empty frame has no columns."""
+    return costs[costs["kind"] == kind] if len(costs) else costs
+
+
 def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.DataFrame, study) -> list[str]:
     """The report's plain answer, per dataset, written from the frames."""
     s, lines = study.study, []
@@ -258,16 +263,16 @@ def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.Dat
                   + ". Off it, each with a config that costs no more and scores no less: "
                   + (", ".join(f"{c} (by {d})" for c, d in dominated(in_ds).items()) or "none") + "."]
         here = costs[costs["dataset"] == dataset] if len(costs) else costs
-        equal = here[here["kind"] == "equal"] if len(here) else here
+        equal = of_kind(here, "equal")
         if len(equal):
             lines += [f"- At equal cost (within {s.equal_flops_tolerance}): {cost_sentence(r, s.baseline)}"
                       for _, r in equal.iterrows()]
         else:
             lines.append(f"- No two configs run at equal end-to-end FLOPs (within {s.equal_flops_tolerance}).")
-        interpolated = here[here["kind"] == "interpolated"] if len(here) else here
+        interpolated = of_kind(here, "interpolated")
         lines += [f"- Interpolated (an estimate between measured configs): {cost_sentence(r, s.baseline)}"
                   for _, r in interpolated.iterrows()]
-        matched = here[here["kind"] == "matched"] if len(here) else here
+        matched = of_kind(here, "matched")
         lines += [f"- Cheaper, quality not shown worse (the cheapest such config of another variant): "
                   f"{matched_sentence(r, s.baseline)}" for _, r in matched.iterrows()]
         if not len(matched):
