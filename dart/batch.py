@@ -8,6 +8,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .kv_cache import GrowingLayer
+
 from .state import SequenceState
 
 
@@ -70,14 +72,14 @@ class DecodeBatch:
     def joinable(self) -> bool:
         """Whether rows can be added to this batch: every cache layer a plain growing one (a sliding
         window layer drops old positions by count, which padding would shift)."""
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return all(type(layer) in (DynamicLayer, GrowingLayer) for layer in self.cache.layers)
 
     def join(self, other: "DecodeBatch") -> None:
         """Append the rows of `other` (e.g. just prefilled) after these rows: both caches and masks are
         left-padded to the wider of the two, so every row keeps its cached positions, mask and position
         ids. `other` is consumed."""
         if not (self.joinable and other.joinable):
-            raise ValueError("rows can join only a batch whose cache layers are all DynamicLayer")
+            raise ValueError("rows can join only a batch whose cache layers are all full-attention (DynamicLayer or GrowingLayer)")
         width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
             mine.keys = torch.cat([left_pad(mine.keys, width, -2), left_pad(theirs.keys, width, -2)])

@@ -7,13 +7,13 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from . import budget, scoring
 from .accounting import FfnExecution, ModelShape
 from .batch import DecodeBatch
 from .compact import FfnPlan, GatherCache
 from .config import DartConfig, GenerationConfig
+from .kv_cache import growing_cache
 from .model_config import cache_root
 from .patch import Runtime, check_supported, decoder_layers, patch_model, unpatch_model
 from .phase import IDLE, ForwardPhase
@@ -112,7 +112,7 @@ class DartEngine:
         starts = self.config.prefill.starts(max(len(p) for p in prompts)) if blockwise else [0]
         for state, prompt in zip(states, prompts):
             state.prompt_forwards = sum(start < len(prompt) for start in starts)
-        batch = DecodeBatch.empty(states, DynamicCache(config=self.model.config), self.device)
+        batch = DecodeBatch.empty(states, growing_cache(self.model.config), self.device)
         logits = run_blocks(lambda ids, mask, logits: self._step(batch, ids, mask, blockwise, logits), prompts,
                             starts, self.pad_id, self.device)
         return logits, batch
