@@ -142,5 +142,11 @@ def test_prefill_groups_keep_padding_within_the_bound():
     assert prefill_groups([100, 100, 100, 100, 100], 2, 0.0) == [2, 2, 1]
     assert prefill_groups([100, 10], 4, 0.125) == [1, 1]
     assert prefill_groups([], 4, 0.125) == []
+
+
+def test_prefill_groups_hold_at_most_group_tokens_positions():
+    assert prefill_groups([100, 100, 100, 100, 100], 4, 0.125, max_tokens=256) == [2, 2, 1]
+    assert prefill_groups([300, 300, 60, 60, 60, 60, 60], 4, 0.125, max_tokens=256) == [1, 1, 4, 1]
+    assert prefill_groups([100, 100], 4, 0.125, max_tokens=None) == [2]
     with pytest.raises(ValueError, match="max_rows"):
         ContinuousBatcher(None, GenerationConfig(), 0)
