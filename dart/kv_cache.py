@@ -15,9 +15,11 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
-def capacity(needed: int) -> int:
-    """Positions to allocate for `needed`: a quarter more (at least 64), so appends cost O(1) amortized."""
-    return needed + max(64, needed // 4)
+def capacity(needed: int, appended: int) -> int:
+    """Positions to allocate for `needed` when `appended` of them are new. A decode step's token gets a
+    quarter more room (at least 64), so appends cost O(1) amortized; a prompt or block gets exactly
+    its positions, so attention reads a contiguous tensor (no slower than DynamicLayer's)."""
+    return needed + max(64, needed // 4) if appended == 1 else needed
 
 
 class GrowingBuffer:
@@ -42,7 +44,7 @@ class GrowingBuffer:
         """Write `states` [B, H, T, D] after the filled positions; returns the view of all of them."""
         new = states.shape[-2]
         if self.buffer is None or self.buffer.shape[:2] != states.shape[:2] or new > self.spare():
-            fresh = states.new_empty((*states.shape[:2], capacity(self.length + new), states.shape[-1]))
+            fresh = states.new_empty((*states.shape[:2], capacity(self.length + new, new), states.shape[-1]))
             if self.length:
                 fresh[..., :self.length, :].copy_(self.buffer[..., :self.length, :])
             self.buffer = fresh

@@ -20,7 +20,7 @@ def states(gen, batch=2, tokens=3):
 def test_appends_equal_concatenation_across_reallocations():
     gen = torch.Generator().manual_seed(0)
     mine, reference = GrowingLayer(), DynamicLayer()
-    for tokens in (70, 1, 1, 30, 1, 5, 1):          # 70 + 64 headroom: the 30 fits, later ones reallocate
+    for tokens in (70, 1, 1, 30, 1, 5, 1, 1):       # blocks fill exactly, a single token gets headroom
         k, v = states(gen, tokens=tokens)
         keys, values = mine.update(k, v)
         want_k, want_v = reference.update(k, v)
