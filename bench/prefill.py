@@ -6,18 +6,27 @@ repetition; the table gives medians of the per-repetition time ratios to `dense`
 `budget: uniform`, `mask_step: 1` (the first block runs dense and calibrates, the masks form from it),
 drift on with the default `carry` policy (no dense block after a drift event).
 
+Beside them runs the bound of each sparsity: the unpatched model with its FFN physically cut to a
+fixed random subset of that size, fed the same blocks (the first through the whole model, as DART's
+calibrating block), with no DART bookkeeping and no weight gathering. `vs bound` is a DART variant's
+speed over its bound's, in the same repetitions.
+
     python -m bench.prefill [--reps 5 --batch 1 4 --sparsity 0.3 0.5 0.7 --first-block-tokens 64 --block-tokens 224]
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
 import torch
 
+from transformers import DynamicCache
+
 from bench import common
 from dart.config import DartConfig, PrefillConfig
+from dart.patch import decoder_layers
 
 
 def variants(sparsities: list[float], first_block_tokens: int, block_tokens: int) -> dict[str, DartConfig]:
@@ -27,6 +36,44 @@ def variants(sparsities: list[float], first_block_tokens: int, block_tokens: int
             method="dart", budget="uniform", keep_ratio=round(1 - s, 6), mask_step=1,
             prefill=PrefillConfig(mode="blockwise", block_tokens=block_tokens, first_block_tokens=first_block_tokens))
     return configs
+
+
+class CutFfnPrefill:
+    """The bound of a sparsity: prefill blocks through a sibling of the model whose every FFN keeps a
+    fixed random `keep` of its neurons (physically: smaller Linears), the first block through the whole
+    model. Same call as `prefill_once`; its telemetry is None."""
+
+    def __init__(self, model, keep: float, first_block_tokens: int, block_tokens: int, seed: int = 0) -> None:
+        self.model, self.cut = common.sibling(model), common.sibling(model)
+        self.first_block_tokens, self.block_tokens = first_block_tokens, block_tokens
+        generator = torch.Generator().manual_seed(seed)
+        for layer in decoder_layers(self.cut):
+            width = layer.mlp.gate_proj.out_features
+            kept = torch.randperm(width, generator=generator)[:round(keep * width)].sort().values
+            for name in ("gate_proj", "up_proj"):
+                setattr(layer.mlp, name, cut_linear(getattr(layer.mlp, name).weight[kept]))
+            layer.mlp.down_proj = cut_linear(layer.mlp.down_proj.weight[:, kept])
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[list[int]], device: torch.device) -> tuple[float, None]:
+        ids = torch.tensor(prompts, device=device)
+        starts = PrefillConfig(mode="blockwise", block_tokens=self.block_tokens,
+                               first_block_tokens=self.first_block_tokens).starts(ids.shape[1])
+        cache = DynamicCache(config=self.model.config)
+        common.synchronize(device)
+        start = time.perf_counter()
+        for i, (begin, end) in enumerate(zip(starts, starts[1:] + [ids.shape[1]])):
+            hidden = (self.model if i == 0 else self.cut).model(input_ids=ids[:, begin:end], cache=cache,
+                                                              use_cache=True).last_hidden_state
+        self.model.lm_head(hidden[:, -1])
+        common.synchronize(device)
+        return time.perf_counter() - start, None
+
+
+def cut_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    linear.weight = torch.nn.Parameter(weight.contiguous(), requires_grad=False)
+    return linear
 
 
 def prefill_once(engine, prompts: list[list[int]], device: torch.device) -> tuple[float, list]:
@@ -41,33 +88,45 @@ def prefill_once(engine, prompts: list[list[int]], device: torch.device) -> tupl
     return seconds, [engine.telemetry(s, len(p), 0, seconds, 0.0) for s, p in zip(states, prompts)]
 
 
-def measure(engines: dict, prompts: list[list[int]], reps: int, device: torch.device, warmup: int = 1):
-    """{name: [seconds per repetition]} and {name: telemetry of the last repetition}."""
-    names = list(engines)
+def measure(runners: dict, prompts: list[list[int]], reps: int, device: torch.device, warmup: int = 1):
+    """{name: [seconds per repetition]} and {name: telemetry of the last repetition} of runners
+    {name: run(prompts, device) -> (seconds, telemetry)}."""
+    names = list(runners)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     telemetry: dict[str, list] = {}
     for rep in range(reps + warmup):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed, telemetry[name] = prefill_once(engines[name], prompts, device)
+            elapsed, telemetry[name] = runners[name](prompts, device)
             if rep >= warmup:
                 seconds[name].append(elapsed)
     return seconds, telemetry
 
 
-def row(batch: int, name: str, seconds: dict, telemetry: list) -> list[str]:
-    speedup = statistics.median(d / s for d, s in zip(seconds["dense"], seconds[name]))
+def ratio(seconds: dict, over: str, name: str) -> float:
+    """Median over repetitions of seconds[over] / seconds[name]: the speed of `name` against `over`."""
+    return statistics.median(o / s for o, s in zip(seconds[over], seconds[name]))
+
+
+def bound_name(sparsity: float) -> str:
+    return f"bound: FFN cut to {1 - sparsity:.0%}"
+
+
+def row(batch: int, name: str, seconds: dict, telemetry: list | None, bound: str | None) -> list[str]:
+    speed = [str(batch), name, f"{ratio(seconds, 'dense', name):.3f}",
+             f"{ratio(seconds, bound, name):.3f}" if bound else "-", f"{statistics.median(seconds[name]):.2f}"]
+    if telemetry is None:
+        return speed + ["-"] * 4
     flops = sum(t.ffn_flops_executed for t in telemetry) / sum(t.ffn_flops_dense for t in telemetry)
     blocks = sum(t.prefill_blocks for t in telemetry)
     paths = f"{sum(t.compact_forwards - t.union_forwards - t.rowwise_forwards for t in telemetry) / blocks:.2f}/" \
             f"{sum(t.union_forwards for t in telemetry) / blocks:.2f}/" \
             f"{sum(t.rowwise_forwards for t in telemetry) / blocks:.2f}"
-    return [str(batch), name, f"{speedup:.3f}", f"{statistics.median(seconds[name]):.2f}",
-            f"{statistics.fmean(t.prompt_applied_sparsity for t in telemetry):.3f}", f"{flops:.3f}", paths,
-            str(sum(t.drift_events for t in telemetry))]
+    return speed + [f"{statistics.fmean(t.prompt_applied_sparsity for t in telemetry):.3f}", f"{flops:.3f}", paths,
+                    str(sum(t.drift_events for t in telemetry))]
 
 
-HEADER = ["batch", "variant", "prefill speed vs dense", "median s", "prompt applied sparsity",
+HEADER = ["batch", "variant", "prefill speed vs dense", "vs bound", "median s", "prompt applied sparsity",
           "FFN FLOPs executed vs dense", "compact/union/rowwise block share", "drift events"]
 
 
@@ -84,16 +143,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
     device = model.get_input_embeddings().weight.device
+    configs = variants(args.sparsity, args.first_block_tokens, args.block_tokens)
+    bounds = {bound_name(s): CutFfnPrefill(model, 1 - s, args.first_block_tokens, args.block_tokens)
+              for s in args.sparsity}
+    bound_of = dict(zip(list(configs)[1:], bounds))
     start, rows = time.perf_counter(), []
     for batch in args.batch:
-        decoders = common.engines(model, tokenizer, variants(args.sparsity, args.first_block_tokens, args.block_tokens), proxies)
+        decoders = common.engines(model, tokenizer, configs, proxies)
         try:
-            engines = {name: decoder.engine for name, decoder in decoders.items()}
-            seconds, telemetry = measure(engines, common.document_prompts(tokenizer, batch, args.prompt_tokens),
+            runners = {name: functools.partial(prefill_once, decoder.engine) for name, decoder in decoders.items()}
+            seconds, telemetry = measure(runners | bounds, common.document_prompts(tokenizer, batch, args.prompt_tokens),
                                          args.reps, device)
         finally:
             common.close(decoders)
-        rows += [row(batch, name, seconds, telemetry[name]) for name in engines]
+        rows += [row(batch, name, seconds, telemetry[name], bound_of.get(name)) for name in [*runners, *bounds]]
     common.write_table(f"Bench 6: block-wise prefill, SmolLM2-135M-Instruct {model.dtype}, {common.machine()}, "
                        f"prompt {args.prompt_tokens} tokens, blocks {args.first_block_tokens} then {args.block_tokens}, "
                        f"{args.reps} reps "
