@@ -52,10 +52,6 @@ class GrowingBuffer:
         self.length += new
         return self.view()
 
-    def detached(self) -> "GrowingBuffer":
-        """The filled positions without the spare room (a copy's next append reallocates)."""
-        return GrowingBuffer(self.view())
-
 
 class GrowingLayer(DynamicLayer):
     """A full-attention cache layer that appends into preallocated room."""
@@ -80,7 +76,7 @@ class GrowingLayer(DynamicLayer):
         """A copy sharing the filled positions but not the spare room, so the two never write into one buffer."""
         twin = GrowingLayer.__new__(GrowingLayer)
         twin.__dict__.update(self.__dict__)
-        twin._keys, twin._values = self._keys.detached(), self._values.detached()
+        twin.keys, twin.values = self.keys, self.values      # full buffers: the next append reallocates
         return twin
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
