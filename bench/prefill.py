@@ -21,7 +21,6 @@ import statistics
 import time
 
 import torch
-
 from transformers import DynamicCache
 
 from bench import common

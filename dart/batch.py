@@ -9,7 +9,6 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .kv_cache import GrowingLayer
-
 from .state import SequenceState
 
 
