@@ -24,15 +24,17 @@ import torch
 from transformers import DynamicCache
 
 from bench import common
+from dart import kernels
 from dart.config import DartConfig, PrefillConfig
 from dart.patch import decoder_layers
 
 
-def variants(sparsities: list[float], first_block_tokens: int, block_tokens: int) -> dict[str, DartConfig]:
-    configs = {"dense": DartConfig(method="dense")}
+def variants(sparsities: list[float], first_block_tokens: int, block_tokens: int,
+             kernel: str = "torch") -> dict[str, DartConfig]:
+    configs = {"dense": DartConfig(method="dense", linear_kernel=kernel)}
     for s in sparsities:
         configs[f"dart blockwise {s:.0%}"] = DartConfig(
-            method="dart", budget="uniform", keep_ratio=round(1 - s, 6), mask_step=1,
+            method="dart", budget="uniform", keep_ratio=round(1 - s, 6), mask_step=1, linear_kernel=kernel,
             prefill=PrefillConfig(mode="blockwise", block_tokens=block_tokens, first_block_tokens=first_block_tokens))
     return configs
 
@@ -42,7 +44,8 @@ class CutFfnPrefill:
     fixed random `keep` of its neurons (physically: smaller Linears), the first block through the whole
     model. Same call as `prefill_once`; its telemetry is None."""
 
-    def __init__(self, model, keep: float, first_block_tokens: int, block_tokens: int, seed: int = 0) -> None:
+    def __init__(self, model, keep: float, first_block_tokens: int, block_tokens: int, seed: int = 0,
+                 kernel: str = "torch") -> None:
         self.model, self.cut = common.sibling(model), common.sibling(model)
         self.first_block_tokens, self.block_tokens = first_block_tokens, block_tokens
         generator = torch.Generator().manual_seed(seed)
@@ -52,6 +55,9 @@ class CutFfnPrefill:
             for name in ("gate_proj", "up_proj"):
                 setattr(layer.mlp, name, cut_linear(getattr(layer.mlp, name).weight[kept]))
             layer.mlp.down_proj = cut_linear(layer.mlp.down_proj.weight[:, kept])
+        if kernel == "onednn":              # the engines' kernel, so the bound differs in its FFN alone
+            for sibling in (self.model, self.cut):
+                kernels.route_linears(sibling, decoder_layers(sibling))
 
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], device: torch.device) -> tuple[float, None]:
@@ -139,11 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-tokens", type=int, default=224, help="each later (pruned) block")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--linear-kernel", default="auto", choices=["auto", "torch", "onednn"],
+                        help="dart.linear_kernel of every side, the bounds included (auto: measured once)")
     args = parser.parse_args(argv)
     model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
     device = model.get_input_embeddings().weight.device
-    configs = variants(args.sparsity, args.first_block_tokens, args.block_tokens)
-    bounds = {bound_name(s): CutFfnPrefill(model, 1 - s, args.first_block_tokens, args.block_tokens)
+    kernel = kernels.choose_kernel(args.linear_kernel, decoder_layers(model)[0].mlp.gate_proj.weight,
+                                   model.config.hidden_size)
+    configs = variants(args.sparsity, args.first_block_tokens, args.block_tokens, kernel)
+    bounds = {bound_name(s): CutFfnPrefill(model, 1 - s, args.first_block_tokens, args.block_tokens, kernel=kernel)
               for s in args.sparsity}
     bound_of = dict(zip(list(configs)[1:], bounds))
     start, rows = time.perf_counter(), []
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             common.close(decoders)
         rows += [row(batch, name, seconds, telemetry[name], bound_of.get(name)) for name in [*runners, *bounds]]
     common.write_table(f"Bench 6: block-wise prefill, SmolLM2-135M-Instruct {model.dtype}, {common.machine()}, "
+                       f"linear kernel {kernel}, "
                        f"prompt {args.prompt_tokens} tokens, blocks {args.first_block_tokens} then {args.block_tokens}, "
                        f"{args.reps} reps "
                        f"(median per-rep ratios; {time.perf_counter() - start:.0f} s)", HEADER, rows)

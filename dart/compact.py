@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
+from .kernels import linear, pack
 from .patch import DartMLP
 
 if TYPE_CHECKING:
@@ -50,22 +50,27 @@ class CompactWeights:
         return self.gate.shape[0]
 
 
-def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None = None) -> CompactWeights:
-    """Copy the kept rows of W_gate/W_up and columns of W_down (kept: sorted neuron ids [k]).
-    Gate and up stay two matmuls: one fused [2k, d] matmul measured no faster on CPU (0.994x)."""
-    def rows(linear):
-        bias = None if linear.bias is None else linear.bias.index_select(0, kept).contiguous()
-        return linear.weight.index_select(0, kept).contiguous(), bias
+def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None = None,
+                 packed: bool = False) -> CompactWeights:
+    """Copy the kept rows of W_gate/W_up and columns of W_down (kept: sorted neuron ids [k]), packed for
+    oneDNN if `packed` (dart.kernels). Gate and up stay two matmuls: one fused [2k, d] matmul measured
+    no faster on CPU (0.994x)."""
+    def layout(weight):
+        return pack(weight) if packed else weight
+
+    def rows(module):
+        bias = None if module.bias is None else module.bias.index_select(0, kept).contiguous()
+        return layout(module.weight.index_select(0, kept).contiguous()), bias
 
     gate, gate_bias = rows(mlp.gate_proj)
     up, up_bias = rows(mlp.up_proj)
-    down = mlp.down_proj.weight.index_select(1, kept).contiguous()
+    down = layout(mlp.down_proj.weight.index_select(1, kept).contiguous())
     return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept)
 
 
 def compact_activations(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
     """act(W_gate[K] x) * W_up[K] x for hidden [..., d]: [..., k]; rows masked inside K if given."""
-    act = mlp.act_fn(F.linear(hidden, weights.gate, weights.gate_bias)) * F.linear(hidden, weights.up, weights.up_bias)
+    act = mlp.act_fn(linear(hidden, weights.gate, weights.gate_bias)) * linear(hidden, weights.up, weights.up_bias)
     if weights.row_mask is not None:
         act = act * weights.row_mask                                     # [B, T, k] * [B, 1, k]
     return act
@@ -73,7 +78,7 @@ def compact_activations(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeig
 
 def compact_ffn(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
     """y = W_down[:, K] (act(W_gate[K] x) * W_up[K] x) for hidden [B, T, d]; rows masked inside K if given."""
-    return F.linear(compact_activations(mlp, hidden, weights), weights.down, weights.down_bias)
+    return linear(compact_activations(mlp, hidden, weights), weights.down, weights.down_bias)
 
 
 def union_kept(kept_sets: list[list[torch.Tensor]], width: int) -> list[torch.Tensor]:
@@ -132,8 +137,8 @@ class GatherCache:
     """Plans each forward's FFN path and keeps the last gathered weights, keyed by the rows' mask
     versions: a decode loop gathers once per mask set, not per token."""
 
-    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype) -> None:
-        self.mlps, self.ffn_path, self.dtype = mlps, ffn_path, dtype
+    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, pack: bool = False) -> None:
+        self.mlps, self.ffn_path, self.dtype, self.pack = mlps, ffn_path, dtype, pack
         self._key: tuple = ()
         self._plan = MASKED
         self._rows: dict[tuple[int, int], list[CompactWeights]] = {}   # rowwise: (uid, mask_version) -> weights
@@ -184,7 +189,7 @@ class GatherCache:
         for b in active:
             key = (states[b].uid, states[b].mask_version)
             if key not in self._rows:
-                self._rows[key] = [gather_layer(mlp, ids.to(mlp.gate_proj.weight.device))
+                self._rows[key] = [gather_layer(mlp, ids.to(mlp.gate_proj.weight.device), packed=self.pack)
                                    for mlp, ids in zip(self.mlps, states[b].kept)]
             row_weights[b] = self._rows[key]
         return FfnPlan("rowwise", row_weights=row_weights)
@@ -202,7 +207,7 @@ class GatherCache:
         for layer, (mlp, ids) in enumerate(zip(self.mlps, kept)):
             ids = ids.to(mlp.gate_proj.weight.device)
             row_mask = None if path == "compact" else self._row_mask(states, active, layer, ids, width)
-            weights.append(gather_layer(mlp, ids, row_mask))
+            weights.append(gather_layer(mlp, ids, row_mask, packed=self.pack))
         return FfnPlan(path, weights, widths)
 
     def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,

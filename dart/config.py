@@ -13,6 +13,7 @@ Ranking = Literal["magnitude", "max", "mean", "combined", "product"]
 Selection = Literal["topk", "mean_threshold"]
 BudgetKind = Literal["uniform", "per_layer", "auto"]
 FfnPath = Literal["auto", "masked", "compact"]
+LinearKernel = Literal["auto", "torch", "onednn"]
 RemaskPolicy = Literal["reset", "carry"]
 PrefillMode = Literal["dense", "blockwise"]
 
@@ -125,6 +126,9 @@ class DartConfig(FrozenModel):
                               "kept neurons (rows sharing one mask); auto picks per forward between masked, "
                               "compact and the union of the rows' kept neurons, by the weight bytes each reads.")
     prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Dense or block-wise prompt.")
+    linear_kernel: LinearKernel = Field("auto", description="Matmul kernel of the model's Linears on a CPU: "
+                                        "torch's default, oneDNN on packed weights, or auto (the faster of the "
+                                        "two, measured when the engine starts; dart/kernels.py).")
 
     @field_validator("keep_ratio")
     @classmethod

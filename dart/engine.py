@@ -13,6 +13,7 @@ from .accounting import FfnExecution, ModelShape
 from .batch import DecodeBatch
 from .compact import FfnPlan, GatherCache
 from .config import DartConfig, GenerationConfig
+from .kernels import Routing, choose_kernel, route_linears
 from .kv_cache import growing_cache
 from .model_config import cache_root
 from .patch import Runtime, check_supported, decoder_layers, patch_model, unpatch_model
@@ -51,10 +52,17 @@ class DartEngine:
                                       cache_root(cache_dir) / "proxies")
         self.proxies = None if proxies is None else Proxies(proxies.pmax.to(self.device), proxies.pmean.to(self.device))
         self.runtime = Runtime()
-        self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
+        self.kernel = choose_kernel(config.linear_kernel, layers[0].mlp.gate_proj.weight, cfg.hidden_size)
+        self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])
+        try:
+            self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
+        except ValueError:
+            self._routing.undo()
+            raise
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
-        self._gather = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype)
+        self._gather = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
+                                   pack=self.kernel == "onednn")
         self.eos_ids = eos_token_ids(model, tokenizer)
 
     # ---- setup ----------------------------------------------------------------------------
@@ -71,6 +79,7 @@ class DartEngine:
         """Restore the unpatched model."""
         unpatch_model(self.model, self._handles)
         self._handles = []
+        self._routing.undo()
 
     def release_gathered(self) -> None:
         """Free the FFN weights gathered for the last forward's mask sets (kept so that a decode loop
