@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
     device = model.get_input_embeddings().weight.device
-    kernel = kernels.choose_kernel(args.linear_kernel, decoder_layers(model)[0].mlp.gate_proj.weight,
+    kernel = kernels.choose_kernel(args.linear_kernel, [layer.mlp.gate_proj.weight for layer in decoder_layers(model)],
                                    model.config.hidden_size)
     configs = variants(args.sparsity, args.first_block_tokens, args.block_tokens, kernel)
     bounds = {bound_name(s): CutFfnPrefill(model, 1 - s, args.first_block_tokens, args.block_tokens, kernel=kernel)

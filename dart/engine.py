@@ -52,13 +52,10 @@ class DartEngine:
                                       cache_root(cache_dir) / "proxies")
         self.proxies = None if proxies is None else Proxies(proxies.pmax.to(self.device), proxies.pmean.to(self.device))
         self.runtime = Runtime()
-        self.kernel = choose_kernel(config.linear_kernel, layers[0].mlp.gate_proj.weight, cfg.hidden_size)
-        self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])
-        try:
-            self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
-        except ValueError:
-            self._routing.undo()
-            raise
+        self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
+        self.kernel = choose_kernel(config.linear_kernel, [layer.mlp.gate_proj.weight for layer in layers],
+                                    cfg.hidden_size)
+        self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])   # DartMLPs' too
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
         self._gather = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
@@ -77,9 +74,9 @@ class DartEngine:
 
     def close(self) -> None:
         """Restore the unpatched model."""
+        self._routing.undo()
         unpatch_model(self.model, self._handles)
         self._handles = []
-        self._routing.undo()
 
     def release_gathered(self) -> None:
         """Free the FFN weights gathered for the last forward's mask sets (kept so that a decode loop

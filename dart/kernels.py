@@ -1,7 +1,8 @@
 """CPU matmul kernels of the model's Linears: torch's default (MKL's sgemm on x86) or oneDNN on weights
-packed once into its blocked layout. Which is faster depends on the CPU: on an AMD EPYC with AVX-512,
-a SmolLM2 FFN matmul at 4 rows (a batch-4 decode step) ran 2.2x and at 464 rows (a prompt) 1.4x faster
-packed; so `linear_kernel: auto` measures both on the model's own weight when the engine starts.
+packed once into its blocked layout. Which is faster depends on the CPU: on an AMD EPYC with AVX-512
+(bench 12), SmolLM2's FFN matmuls ran 1.7-1.8x faster packed at 4 rows (a batch-4 decode step) and
+1.2x at 256-512 (a prompt); on other CPUs MKL may win. So `linear_kernel: auto` measures both on the
+model's own FFN weights when the engine starts.
 
 Packing keeps the original weights (DART gathers kept neurons from them) beside a packed copy:
 the Linears' weight memory doubles while an engine routes them."""
@@ -32,6 +33,8 @@ def onednn_available(device: torch.device) -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
+# The two oneDNN ops below are torch's own, without a public name: the ones its inductor CPU backend
+# calls for a packed linear. onednn_available checks that this torch has them.
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """A oneDNN-packed copy of a [out, in] weight (an mkldnn tensor of the same shape)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS_HINT)
@@ -107,28 +110,30 @@ def _best_seconds(run: Callable[[], object], reps: int = 3) -> float:
 
 
 @torch.inference_mode()
-def measured_choice(weight: torch.Tensor) -> str:
-    """`onednn` if its packed kernel takes at most AUTO_MAX_TIME_FRACTION of torch's time on `weight`
-    [out, in] at MEASURED_ROWS rows (summed), else `torch`."""
-    packed = pack(weight)
-    inputs = [torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device) for rows in MEASURED_ROWS]
-    plain = sum(_best_seconds(lambda x=x: F.linear(x, weight)) for x in inputs)
-    onednn = sum(_best_seconds(lambda x=x: linear(x, packed)) for x in inputs)
+def measured_choice(weights: list[torch.Tensor]) -> str:
+    """`onednn` if its packed kernel takes at most AUTO_MAX_TIME_FRACTION of torch's time over `weights`
+    (same-shape [out, in] weights, one per layer, streamed from memory as a forward does) at
+    MEASURED_ROWS rows, summed; else `torch`."""
+    packed = [pack(w) for w in weights]
+    first = weights[0]
+    inputs = [torch.randn(rows, first.shape[1], dtype=first.dtype, device=first.device) for rows in MEASURED_ROWS]
+    plain = sum(_best_seconds(lambda x=x: [F.linear(x, w) for w in weights]) for x in inputs)
+    onednn = sum(_best_seconds(lambda x=x: [linear(x, p) for p in packed]) for x in inputs)
     choice = "onednn" if onednn <= AUTO_MAX_TIME_FRACTION * plain else "torch"
-    log.info("linear kernel %s: oneDNN packed %.2f ms, torch %.2f ms on a %s weight at %s rows",
-             choice, onednn * 1e3, plain * 1e3, tuple(weight.shape), "/".join(map(str, MEASURED_ROWS)))
+    log.info("linear kernel %s: oneDNN packed %.2f ms, torch %.2f ms on %d %s weights at %s rows", choice,
+             onednn * 1e3, plain * 1e3, len(weights), tuple(first.shape), "/".join(map(str, MEASURED_ROWS)))
     return choice
 
 
-def choose_kernel(setting: str, weight: torch.Tensor, hidden: int) -> str:
-    """The kernel an engine runs (`torch` or `onednn`) for the `dart.linear_kernel` setting, given one of
-    the model's FFN weights."""
-    available = onednn_available(weight.device)
+def choose_kernel(setting: str, weights: list[torch.Tensor], hidden: int) -> str:
+    """The kernel an engine runs (`torch` or `onednn`) for the `dart.linear_kernel` setting, given the
+    model's FFN gate weights (one per layer)."""
+    available = onednn_available(weights[0].device)
     if setting == "onednn" and not available:
         raise ValueError(f"dart.linear_kernel: onednn needs a CPU model and a torch built with oneDNN; "
-                         f"this model is on {weight.device.type}")
+                         f"this model is on {weights[0].device.type}")
     if setting != "auto":
         return setting
     if not available or hidden < MIN_HIDDEN_TO_MEASURE:
         return "torch"
-    return measured_choice(weight)
+    return measured_choice(weights)

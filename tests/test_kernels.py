@@ -96,16 +96,19 @@ def test_auto_keeps_torch_kernel_on_a_small_model_without_measuring(tiny, monkey
     assert generate(tiny, DartConfig(method="dense"))[0] == "torch"
 
 
-def test_auto_measures_a_large_enough_model():
-    weight = torch.randn(512, 256)
-    assert kernels.choose_kernel("auto", weight, hidden=256) in ("torch", "onednn")
-    assert kernels.measured_choice(weight) in ("torch", "onednn")
+def test_auto_measures_a_large_enough_model(monkeypatch):
+    weights = [torch.randn(512, 256) for _ in range(3)]
+    assert kernels.measured_choice(weights) in ("torch", "onednn")
+    seen = []
+    monkeypatch.setattr(kernels, "measured_choice", lambda w: seen.append(len(w)) or "onednn")
+    assert kernels.choose_kernel("auto", weights, hidden=256) == "onednn" and seen == [3]
+    assert kernels.choose_kernel("torch", weights, hidden=256) == "torch" and seen == [3]
 
 
 def test_onednn_off_a_cpu_is_a_config_error():
     with pytest.raises(ValueError, match="dart.linear_kernel"):
-        kernels.choose_kernel("onednn", torch.empty(8, 8, device="meta"), hidden=8)
-    assert kernels.choose_kernel("auto", torch.empty(8, 8, device="meta"), hidden=1024) == "torch"
+        kernels.choose_kernel("onednn", [torch.empty(8, 8, device="meta")], hidden=8)
+    assert kernels.choose_kernel("auto", [torch.empty(8, 8, device="meta")], hidden=1024) == "torch"
 
 
 def test_bad_kernel_name_names_the_key():
