@@ -14,9 +14,16 @@ Paths of one forward (`choose_path`):
   weights. In decode (one token per row) it never beats the union, which reads at most min(1, G*k/N)
   of the bytes; a prompt block is compute-bound, and there each row computes only T_b * k_b
   neuron-tokens against B * T * |U| for the union, so the path is chosen by that count.
+
+A decode forward reads each weight once for a handful of rows, so a gather (plus its packing) costs
+many forwards' worth of the bytes it saves. Under `auto`, a one-token-per-row forward therefore runs
+masked until its mask set has lasted long enough to pay for the copy (`forwards_to_amortize`, the
+ski-rental rule: at most twice the cost of the better choice made knowing the future); prompt blocks,
+compute-bound, gather at once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +39,16 @@ if TYPE_CHECKING:
 # auto takes a gathered path only below this fraction of the dense FFN bytes: the masked path's
 # multiply is nearly free, a gathered forward adds per-layer index work and the gather itself.
 AUTO_MAX_FRACTION = 0.9
+# Cost of gathering (and packing) a set of kept weights, in decode forwards that read the same bytes.
+# Measured with SmolLM2 on CPU, 600-token contexts (bench/README.md section 13): 9-22 at batch 1,
+# 6-15 at batch 4; higher when the copies land on fresh pages.
+GATHER_COST_IN_FORWARDS = 12.0
+
+
+def forwards_to_amortize(gathered_fraction: float) -> int:
+    """Masked decode forwards a mask set runs before auto gathers its weights: the forwards whose
+    excess reads, (1 - f) of the dense FFN bytes each, add up to the gather's cost, a copy of f of them."""
+    return math.ceil(GATHER_COST_IN_FORWARDS * gathered_fraction / (1.0 - gathered_fraction) - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -135,16 +152,18 @@ MASKED = FfnPlan("masked")
 
 class GatherCache:
     """Plans each forward's FFN path and keeps the last gathered weights, keyed by the rows' mask
-    versions: a decode loop gathers once per mask set, not per token."""
+    versions: a decode loop gathers once per mask set, not per token, and under `auto` only once that
+    set has run `forwards_to_amortize` masked forwards."""
 
     def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, pack: bool = False) -> None:
         self.mlps, self.ffn_path, self.dtype, self.pack = mlps, ffn_path, dtype, pack
         self._key: tuple = ()
         self._plan = MASKED
         self._rows: dict[tuple[int, int], list[CompactWeights]] = {}   # rowwise: (uid, mask_version) -> weights
+        self._waiting: tuple[tuple, int, int] = ((), 0, 0)   # (decode key, masked forwards run, forwards to wait)
 
     def clear(self) -> None:
-        self._key, self._plan, self._rows = (), MASKED, {}
+        self._key, self._plan, self._rows, self._waiting = (), MASKED, {}, ((), 0, 0)
 
     def plan(self, states: list[SequenceState], phases: list[ForwardPhase], token_mask: torch.Tensor) -> FfnPlan:
         """The FFN path of a forward (token_mask [B, T] bool). Rows without a token in it (past the end of
@@ -167,8 +186,32 @@ class GatherCache:
         key = (path, active, tuple((s.uid, s.mask_version) for s in states))
         if key != self._key:
             self._key, self._plan = (), MASKED          # free the old copies before gathering new ones
+            if token_mask.shape[1] == 1 and self._wait(key, states, active):
+                return MASKED
             self._key, self._plan = key, self._build(states, active, path)
         return self._plan
+
+    def _wait(self, key: tuple, states: list[SequenceState], active: tuple[int, ...]) -> bool:
+        """Whether a decode forward under a new mask set runs masked while the set has not yet lasted
+        `forwards_to_amortize` forwards (auto only: a forced compact gathers at once)."""
+        if self.ffn_path != "auto":
+            return False
+        waiting_key, waited, needed = self._waiting
+        if waiting_key != key:
+            kept = self._kept(states, active)
+            fraction = sum(int(k.numel()) for k in kept) / (len(kept) * states[0].shape.width)
+            waited, needed = 0, 0 if fraction >= AUTO_MAX_FRACTION else forwards_to_amortize(fraction)
+        if waited >= needed:
+            self._waiting = ((), 0, 0)
+            return False
+        self._waiting = (key, waited + 1, needed)
+        return True
+
+    @staticmethod
+    def _kept(states: list[SequenceState], active: tuple[int, ...]) -> list[torch.Tensor]:
+        """Per layer, the kept ids of the active rows' one shared set, or the union of their sets."""
+        groups = list({states[b].uid: states[b] for b in active}.values())
+        return groups[0].kept if len(groups) == 1 else union_kept([s.kept for s in groups], groups[0].shape.width)
 
     def _block_path(self, states: list[SequenceState], active: tuple[int, ...], counts: list[int], tokens: int) -> str:
         """masked, compact/union or rowwise for a prompt block, by neuron-tokens per layer."""
@@ -195,9 +238,9 @@ class GatherCache:
         return FfnPlan("rowwise", row_weights=row_weights)
 
     def _build(self, states: list[SequenceState], active: tuple[int, ...], path: str | None) -> FfnPlan:
-        groups = list({states[b].uid: states[b] for b in active}.values())
-        width = groups[0].shape.width
-        kept = groups[0].kept if len(groups) == 1 else union_kept([s.kept for s in groups], width)
+        groups = {states[b].uid for b in active}
+        width = states[0].shape.width
+        kept = self._kept(states, active)
         widths = [int(k.numel()) for k in kept]
         if path is None:
             path = choose_path(len(groups), sum(widths) / (len(widths) * width), self.ffn_path)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dart.compact import choose_path, compact_ffn, gather_layer, union_kept
+from dart.compact import choose_path, compact_ffn, forwards_to_amortize, gather_layer, union_kept
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.accounting import ModelShape, overhead_flops
@@ -17,10 +17,10 @@ def prompts(count, seed=0):
     return [torch.randint(4, 250, (n,), generator=gen).tolist() for n in [7, 19, 12, 25][:count]]
 
 
-def run(tiny, cfg, batch):
+def run(tiny, cfg, batch, gen=GREEDY):
     engine = DartEngine(*tiny, cfg)
     try:
-        return engine.generate(batch, GREEDY)
+        return engine.generate(batch, gen)
     finally:
         engine.close()
 
@@ -48,12 +48,30 @@ def test_gathered_ffn_equals_masked_ffn_for_shared_and_distinct_masks(tiny):
 
 
 def test_compact_generation_equals_masked_generation_at_batch_one(tiny):
-    masked = run(tiny, static(0.5, "masked"), prompts(1))[0]
-    compact = run(tiny, static(0.5, "auto"), prompts(1))[0]
+    masked = run(tiny, static(0.2, "masked"), prompts(1))[0]
+    compact = run(tiny, static(0.2, "auto"), prompts(1))[0]
     assert compact.token_ids == masked.token_ids
-    # the prefill forms its masks inside the forward (masked path); every decode forward is compact
-    assert compact.telemetry.compact_forwards == len(compact.token_ids) - 1
+    # the prefill forms its masks inside the forward (masked path); auto's decode forwards run masked
+    # until the mask set has paid for its gather, then compact
+    kept = round(sum(compact.telemetry.kept_fraction_per_layer) / L * N)
+    waited = forwards_to_amortize(kept / N)
+    assert 0 < waited < len(compact.token_ids) - 1
+    assert compact.telemetry.compact_forwards == len(compact.token_ids) - 1 - waited
     assert compact.telemetry.union_forwards == 0 and masked.telemetry.compact_forwards == 0
+
+
+def test_auto_gathers_in_decode_once_the_mask_set_has_lasted_long_enough_to_pay(tiny):
+    assert [forwards_to_amortize(f) for f in (0.2, 0.5, 0.85)] == [3, 12, 68]
+    batch, long = prompts(4), GenerationConfig(max_new_tokens=40, stop_on_eos=False)
+    masked = run(tiny, static(0.2, "masked"), batch, long)
+    auto = run(tiny, static(0.2, "auto"), batch, long)
+    forced = run(tiny, static(0.2, "compact"), batch, long)
+    assert [r.token_ids for r in auto] == [r.token_ids for r in masked]
+    decode = len(auto[0].token_ids) - 1
+    assert all(0 < r.telemetry.union_forwards < decode for r in auto)     # waited, then the union
+    assert all(r.telemetry.union_forwards == decode for r in forced)      # a forced path never waits
+    assert masked[0].telemetry.ffn_flops_executed > auto[0].telemetry.ffn_flops_executed \
+        > forced[0].telemetry.ffn_flops_executed
 
 
 def test_union_path_equals_masked_path_in_a_batch_with_distinct_masks(tiny):
@@ -98,7 +116,7 @@ def test_keep_ratio_one_multiplies_by_no_mask(tiny):
 
 def test_flop_and_byte_accounting_by_hand(tiny):
     prompt = prompts(1)[0]                                        # 7 tokens
-    result = run(tiny, static(0.5, "auto"), [prompt])[0]
+    result = run(tiny, static(0.5, "compact"), [prompt])[0]
     t, k, n, decode = result.telemetry, 18, len(prompt), len(result.token_ids) - 1   # k = floor(0.5 * 37)
     per_neuron = 6 * D                                            # gate, up, down: 2 FLOPs per multiply-add
     assert t.ffn_flops_dense == per_neuron * L * N * (n + decode)
