@@ -54,7 +54,7 @@ class DartEngine:
         self.runtime = Runtime()
         self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
         self.kernel = choose_kernel(config.linear_kernel, [layer.mlp.gate_proj.weight for layer in layers],
-                                    cfg.hidden_size)
+                                    cfg.hidden_size, cache_root(cache_dir) / "kernels")
         self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])   # DartMLPs' too
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)

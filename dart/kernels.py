@@ -2,16 +2,22 @@
 packed once into its blocked layout. Which is faster depends on the CPU: on an AMD EPYC with AVX-512
 (bench 12), SmolLM2's FFN matmuls ran 1.7-1.8x faster packed at 4 rows (a batch-4 decode step) and
 1.2x at 256-512 (a prompt); on other CPUs MKL may win. So `linear_kernel: auto` measures both on the
-model's own FFN weights when the engine starts.
+model's own FFN weights when the engine starts, once per CPU, torch build, thread count and weight
+shape: the verdict is cached on disk beside the forward proxies.
 
 Packing keeps the original weights (DART gathers kept neurons from them) beside a packed copy:
 the Linears' weight memory doubles while an engine routes them."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -125,9 +131,53 @@ def measured_choice(weights: list[torch.Tensor]) -> str:
     return choice
 
 
-def choose_kernel(setting: str, weights: list[torch.Tensor], hidden: int) -> str:
+def cpu_model() -> str:
+    """The CPU's model name ('' where the platform does not say)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def verdict_path(weights: list[torch.Tensor], cache_dir: Path) -> Path | None:
+    """Where auto's measured choice for `weights` on this CPU and torch is cached (None: CPU unknown)."""
+    cpu = cpu_model()
+    if not cpu:
+        return None
+    key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "weights": [len(weights), list(weights[0].shape), str(weights[0].dtype)], "rows": MEASURED_ROWS,
+           "max_fraction": AUTO_MAX_TIME_FRACTION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"linear-{digest}.json"
+
+
+def cached_choice(weights: list[torch.Tensor], cache_dir: Path | None) -> str:
+    """measured_choice, read from / stored in `cache_dir` (None: measured every time)."""
+    path = None if cache_dir is None else verdict_path(weights, cache_dir)
+    if path is not None and path.exists():
+        try:
+            choice = json.loads(path.read_text())["choice"]
+            if choice in ("torch", "onednn"):
+                log.info("linear kernel %s (measured before, %s)", choice, path)
+                return choice
+        except (OSError, ValueError, KeyError, TypeError) as exc:   # a bad entry is measured again
+            log.warning("ignoring unreadable kernel verdict %s: %s", path, exc)
+    choice = measured_choice(weights)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"choice": choice, "cpu": cpu_model()}))
+        os.replace(tmp, path)
+    return choice
+
+
+def choose_kernel(setting: str, weights: list[torch.Tensor], hidden: int, cache_dir: Path | None = None) -> str:
     """The kernel an engine runs (`torch` or `onednn`) for the `dart.linear_kernel` setting, given the
-    model's FFN gate weights (one per layer)."""
+    model's FFN gate weights (one per layer); auto's measurement is cached in `cache_dir`."""
     available = onednn_available(weights[0].device)
     if setting == "onednn" and not available:
         raise ValueError(f"dart.linear_kernel: onednn needs a CPU model and a torch built with oneDNN; "
@@ -136,4 +186,4 @@ def choose_kernel(setting: str, weights: list[torch.Tensor], hidden: int) -> str
         return setting
     if not available or hidden < MIN_HIDDEN_TO_MEASURE:
         return "torch"
-    return measured_choice(weights)
+    return cached_choice(weights, cache_dir)

@@ -105,6 +105,24 @@ def test_auto_measures_a_large_enough_model(monkeypatch):
     assert kernels.choose_kernel("torch", weights, hidden=256) == "torch" and seen == [3]
 
 
+def test_auto_measures_once_per_cpu_and_shape_then_reads_the_cached_verdict(tmp_path, monkeypatch):
+    weights = [torch.randn(512, 256) for _ in range(3)]
+    seen = []
+    monkeypatch.setattr(kernels, "measured_choice", lambda w: seen.append(tuple(w[0].shape)) or "onednn")
+    assert [kernels.choose_kernel("auto", weights, 256, tmp_path) for _ in range(2)] == ["onednn", "onednn"]
+    assert seen == [(512, 256)]                                   # the second engine read the verdict
+    other = [torch.randn(640, 256) for _ in range(3)]             # another shape is measured for itself
+    assert kernels.choose_kernel("auto", other, 256, tmp_path) == "onednn" and len(seen) == 2
+    for entry in tmp_path.iterdir():                              # a corrupt verdict is measured again
+        entry.write_text("{not json")
+    assert kernels.choose_kernel("auto", weights, 256, tmp_path) == "onednn" and len(seen) == 3
+    assert kernels.choose_kernel("auto", weights, 256, tmp_path) == "onednn" and len(seen) == 3
+    monkeypatch.setattr(kernels, "cpu_model", lambda: "")        # CPU unknown: never cached
+    kernels.choose_kernel("auto", weights, 256, tmp_path)
+    kernels.choose_kernel("auto", weights, 256, tmp_path)
+    assert len(seen) == 5
+
+
 def test_onednn_off_a_cpu_is_a_config_error():
     with pytest.raises(ValueError, match="dart.linear_kernel"):
         kernels.choose_kernel("onednn", [torch.empty(8, 8, device="meta")], hidden=8)
