@@ -69,12 +69,14 @@ def start_local_ray(num_cpus: int | None) -> None:
 
     In cluster mode (Linux's default) ray.init turns `_node_ip_address="127.0.0.1"` into the machine's
     routable IP, and GCS, raylet and workers then listen on all interfaces; with cluster mode off
-    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) they all bind 127.0.0.1. A node off loopback is shut down."""
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) they all bind 127.0.0.1. A node off loopback is shut down.
+    No idle workers are prestarted: on a small machine they compete with the actors' model loads."""
     import ray
 
     with _cluster_mode_off():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", runtime_env=package_runtime_env())
+                 _node_ip_address="127.0.0.1", runtime_env=package_runtime_env(),
+                 _system_config={"prestart_worker_first_driver": False})
     node_ip = ray._private.worker.global_worker.node.node_ip_address
     if node_ip != "127.0.0.1":
         ray.shutdown()
