@@ -17,9 +17,9 @@ Paths of one forward (`choose_path`):
 
 A decode forward reads each weight once for a handful of rows, so a gather (plus its packing) costs
 many forwards' worth of the bytes it saves. Under `auto`, a one-token-per-row forward therefore runs
-masked until its mask set has lasted long enough to pay for the copy (`forwards_to_amortize`, the
-ski-rental rule: at most twice the cost of the better choice made knowing the future); prompt blocks,
-compute-bound, gather at once.
+masked until its mask set has lasted long enough to pay for the copy (`forwards_to_amortize`: the
+ski-rental rule, which without knowing how long a set will last stays within about twice the cost of
+the better choice made knowing it); prompt blocks, compute-bound, gather at once.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 # multiply is nearly free, a gathered forward adds per-layer index work and the gather itself.
 AUTO_MAX_FRACTION = 0.9
 # Cost of gathering (and packing) a set of kept weights, in decode forwards that read the same bytes.
-# Measured with SmolLM2 on CPU, 600-token contexts (bench/README.md section 13): 9-22 at batch 1,
-# 6-15 at batch 4; higher when the copies land on fresh pages.
+# Measured with SmolLM2 on CPU, 600-token contexts (bench 13, bench/README.md section 13): 4-7 at
+# batch 1, 14-24 at batch 4 (the union's); more when the copies land on fresh pages.
 GATHER_COST_IN_FORWARDS = 12.0
 
 
