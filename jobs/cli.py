@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import load_config
 from pipeline.driver import run_job
-from pipeline.signals import Terminated
+from pipeline.signals import by_sigterm
 from pipeline.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,10 @@ def main(task: str, argv: list[str] | None = None) -> int:
 def stopped(err: KeyboardInterrupt) -> int:
     """Ctrl-C or SIGTERM stopped the driver: one line says so (items finished so far are kept); returns
     the exit code (130 or 143)."""
-    name = "SIGTERM" if isinstance(err, Terminated) else "interrupt"
-    sys.stderr.write(f"stopped by {name}; finished items are kept: rerun the same command to resume\n")
-    return 143 if isinstance(err, Terminated) else 130
+    terminated = by_sigterm(err)
+    sys.stderr.write(f"stopped by {'SIGTERM' if terminated else 'interrupt'}; finished items are kept: "
+                     "rerun the same command to resume\n")
+    return 143 if terminated else 130
 
 
 def closing_text(summary: dict[str, Any]) -> str:

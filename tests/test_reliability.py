@@ -117,6 +117,27 @@ def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, referenc
     _assert_equals_reference(summary, reference, inputs)
 
 
+STOPPED_WHILE_BLOCKED = """
+import os, signal
+from jobs.cli import stopped
+from pipeline.signals import stop_on_sigterm
+stop_on_sigterm()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+except KeyboardInterrupt:
+    pass
+raise SystemExit(stopped(KeyboardInterrupt()))   # what Ray's native wait raises when a signal lands in it
+"""
+
+
+def test_sigterm_is_reported_as_sigterm_when_ray_turns_it_into_a_keyboard_interrupt():
+    said = subprocess.run([sys.executable, "-c", STOPPED_WHILE_BLOCKED], cwd=ROOT, capture_output=True, text=True)
+    assert said.returncode == 143 and "stopped by SIGTERM" in said.stderr
+    plain = subprocess.run([sys.executable, "-c", "from jobs.cli import stopped\n"
+                            "raise SystemExit(stopped(KeyboardInterrupt()))"], cwd=ROOT, capture_output=True, text=True)
+    assert plain.returncode == 130 and "stopped by interrupt" in plain.stderr
+
+
 def _reap(pids: set[int], grace: float = 30) -> None:
     """The killed driver's actors: Ray ends them when their owner dies; kill any left after `grace`."""
     deadline = time.time() + grace
