@@ -15,6 +15,11 @@ Paths of one forward (`choose_path`):
   of the bytes; a prompt block is compute-bound, and there each row computes only T_b * k_b
   neuron-tokens against B * T * |U| for the union, so the path is chosen by that count.
 
+Under the oneDNN kernel (dart.kernels) a prompt block's gathered weights stay plain: two or three
+many-token matmuls on them cost less than packing them first (a pack is 2-4 passes' worth of a copy).
+A decode forward runs on a packed copy, which is up to 2x faster at 1-4 rows; a decode forward that
+reuses a prompt's gathered set packs it once.
+
 A decode forward reads each weight once for a handful of rows, so a gather (plus its packing) costs
 many forwards' worth of the bytes it saves. Under `auto`, a one-token-per-row forward therefore runs
 masked until its mask set has lasted long enough to pay for the copy (`forwards_to_amortize`: the
@@ -24,12 +29,13 @@ the better choice made knowing it); prompt blocks, compute-bound, gather at once
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from .kernels import linear, pack
+from .kernels import linear
+from .kernels import pack as pack_weight
 from .patch import DartMLP
 
 if TYPE_CHECKING:
@@ -61,41 +67,57 @@ class CompactWeights:
     down_bias: torch.Tensor | None
     row_mask: torch.Tensor | None = None   # [B, 1, k] keep mask of each row inside the gathered set
     ids: torch.Tensor | None = None        # [k] the gathered neuron ids (sorted)
+    onednn: bool = False                   # run on oneDNN's kernel (packed or plain weights)
 
     @property
     def width(self) -> int:
         return self.gate.shape[0]
 
+    @property
+    def packed(self) -> bool:
+        return self.gate.is_mkldnn
+
+    def pack(self) -> CompactWeights:
+        """These weights packed for oneDNN (self if they are already)."""
+        if self.packed:
+            return self
+        return replace(self, gate=pack_weight(self.gate), up=pack_weight(self.up), down=pack_weight(self.down),
+                       onednn=True)
+
 
 def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None = None,
-                 packed: bool = False) -> CompactWeights:
-    """Copy the kept rows of W_gate/W_up and columns of W_down (kept: sorted neuron ids [k]), packed for
-    oneDNN if `packed` (dart.kernels). Gate and up stay two matmuls: one fused [2k, d] matmul measured
-    no faster on CPU (0.994x)."""
-    def layout(weight):
-        return pack(weight) if packed else weight
-
+                 onednn: bool = False, packed: bool = False) -> CompactWeights:
+    """Copy the kept rows of W_gate/W_up and columns of W_down (kept: sorted neuron ids [k]), to run on
+    oneDNN's kernel if `onednn`, packed for it if `packed` too (dart.kernels). Gate and up stay two
+    matmuls: one fused [2k, d] matmul measured no faster on CPU (0.994x)."""
     def rows(module):
         bias = None if module.bias is None else module.bias.index_select(0, kept).contiguous()
-        return layout(module.weight.index_select(0, kept).contiguous()), bias
+        return module.weight.index_select(0, kept).contiguous(), bias
 
     gate, gate_bias = rows(mlp.gate_proj)
     up, up_bias = rows(mlp.up_proj)
-    down = layout(mlp.down_proj.weight.index_select(1, kept).contiguous())
-    return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept)
+    down = mlp.down_proj.weight.index_select(1, kept).contiguous()
+    weights = CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept, onednn)
+    return weights.pack() if packed else weights
 
 
 def compact_activations(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
     """act(W_gate[K] x) * W_up[K] x for hidden [..., d]: [..., k]; rows masked inside K if given."""
-    act = mlp.act_fn(linear(hidden, weights.gate, weights.gate_bias)) * linear(hidden, weights.up, weights.up_bias)
+    act = (mlp.act_fn(linear(hidden, weights.gate, weights.gate_bias, weights.onednn))
+           * linear(hidden, weights.up, weights.up_bias, weights.onednn))
     if weights.row_mask is not None:
         act = act * weights.row_mask                                     # [B, T, k] * [B, 1, k]
     return act
 
 
+def compact_down(act: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
+    """W_down[:, K] act for the kept neurons' activations [..., k]: [..., d]."""
+    return linear(act, weights.down, weights.down_bias, weights.onednn)
+
+
 def compact_ffn(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
     """y = W_down[:, K] (act(W_gate[K] x) * W_up[K] x) for hidden [B, T, d]; rows masked inside K if given."""
-    return linear(compact_activations(mlp, hidden, weights), weights.down, weights.down_bias)
+    return compact_down(compact_activations(mlp, hidden, weights), weights)
 
 
 def union_kept(kept_sets: list[list[torch.Tensor]], width: int) -> list[torch.Tensor]:
@@ -146,6 +168,12 @@ class FfnPlan:
     def gathered(self) -> bool:
         return self.weights is not None or self.row_weights is not None
 
+    def packed(self) -> FfnPlan:
+        """This plan with its shared weights packed for oneDNN (for decode forwards)."""
+        if self.weights is None or all(weights.packed for weights in self.weights):
+            return self
+        return replace(self, weights=[weights.pack() for weights in self.weights])
+
 
 MASKED = FfnPlan("masked")
 
@@ -153,10 +181,11 @@ MASKED = FfnPlan("masked")
 class GatherCache:
     """Plans each forward's FFN path and keeps the last gathered weights, keyed by the rows' mask
     versions: a decode loop gathers once per mask set, not per token, and under `auto` only once that
-    set has run `forwards_to_amortize` masked forwards."""
+    set has run `forwards_to_amortize` masked forwards. Under `onednn`, weights gathered for a prompt
+    block stay plain and decode forwards run on packed ones."""
 
-    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, pack: bool = False) -> None:
-        self.mlps, self.ffn_path, self.dtype, self.pack = mlps, ffn_path, dtype, pack
+    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, onednn: bool = False) -> None:
+        self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, ffn_path, dtype, onednn
         self._key: tuple = ()
         self._plan = MASKED
         self._rows: dict[tuple[int, int], list[CompactWeights]] = {}   # rowwise: (uid, mask_version) -> weights
@@ -183,12 +212,15 @@ class GatherCache:
                 return MASKED if path == "masked" else self._rowwise(states, active)
         else:
             self._rows = {}                             # rowwise copies serve prompt blocks only
+        decode = token_mask.shape[1] == 1
         key = (path, active, tuple((s.uid, s.mask_version) for s in states))
         if key != self._key:
             self._key, self._plan = (), MASKED          # free the old copies before gathering new ones
-            if token_mask.shape[1] == 1 and self._wait(key, states, active):
+            if decode and self._wait(key, states, active):
                 return MASKED
-            self._key, self._plan = key, self._build(states, active, path)
+            self._key, self._plan = key, self._build(states, active, path, packed=decode and self.onednn)
+        elif decode and self.onednn:
+            self._plan = self._plan.packed()            # decoding on the set a prompt block gathered
         return self._plan
 
     def _wait(self, key: tuple, states: list[SequenceState], active: tuple[int, ...]) -> bool:
@@ -232,12 +264,13 @@ class GatherCache:
         for b in active:
             key = (states[b].uid, states[b].mask_version)
             if key not in self._rows:
-                self._rows[key] = [gather_layer(mlp, ids.to(mlp.gate_proj.weight.device), packed=self.pack)
+                self._rows[key] = [gather_layer(mlp, ids.to(mlp.gate_proj.weight.device), onednn=self.onednn)
                                    for mlp, ids in zip(self.mlps, states[b].kept)]
             row_weights[b] = self._rows[key]
         return FfnPlan("rowwise", row_weights=row_weights)
 
-    def _build(self, states: list[SequenceState], active: tuple[int, ...], path: str | None) -> FfnPlan:
+    def _build(self, states: list[SequenceState], active: tuple[int, ...], path: str | None,
+               packed: bool) -> FfnPlan:
         groups = {states[b].uid for b in active}
         width = states[0].shape.width
         kept = self._kept(states, active)
@@ -250,7 +283,7 @@ class GatherCache:
         for layer, (mlp, ids) in enumerate(zip(self.mlps, kept)):
             ids = ids.to(mlp.gate_proj.weight.device)
             row_mask = None if path == "compact" else self._row_mask(states, active, layer, ids, width)
-            weights.append(gather_layer(mlp, ids, row_mask, packed=self.pack))
+            weights.append(gather_layer(mlp, ids, row_mask, onednn=self.onednn, packed=packed))
         return FfnPlan(path, weights, widths)
 
     def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,

@@ -59,7 +59,7 @@ class DartEngine:
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
         self._gather = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
-                                   pack=self.kernel == "onednn")
+                                   onednn=self.kernel == "onednn")
         self.eos_ids = eos_token_ids(model, tokenizer)
 
     # ---- setup ----------------------------------------------------------------------------

@@ -46,10 +46,12 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS_HINT)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, or oneDNN's kernel where `weight` is packed."""
-    if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, onednn: bool = False) -> torch.Tensor:
+    """F.linear, or oneDNN's kernel where `weight` is packed or `onednn` is asked. On a plain weight
+    oneDNN lays out blocks of it as it goes: no packed copy is made, so a weight used for a few
+    many-token calls (a prompt's gathered FFN) skips the packing pass and still runs oneDNN's kernel."""
+    if weight.is_mkldnn or onednn:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

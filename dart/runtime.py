@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .compact import CompactWeights, compact_activations
-from .kernels import linear
+from .compact import CompactWeights, compact_activations, compact_down
 from .patch import DartMLP
 from .phase import ForwardPhase
 from .state import SequenceState
@@ -47,7 +46,7 @@ class ForwardPass:
             act = compact_activations(mlp, hidden, weights)               # [B, T, k]
             for b in self.accumulating:
                 self._accumulate(b, layer, self._tokens(act, b), weights.ids)
-            return linear(act, weights.down, weights.down_bias)
+            return compact_down(act, weights)
         act = mlp.activations(hidden)                                    # [B, T, N]
         for b in self.calibrating:
             replay = self.states[b].replay_inputs(layer)
@@ -77,7 +76,7 @@ class ForwardPass:
             act = compact_activations(mlp, self._tokens(hidden, b), weights[layer])    # [T_b, k_b]
             if b in self.accumulating:
                 self._accumulate(b, layer, act, weights[layer].ids)
-            y = linear(act, weights[layer].down, weights[layer].down_bias)
+            y = compact_down(act, weights[layer])
             if self.all_valid:
                 out[b] = y
             else:

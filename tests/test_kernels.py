@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dart import kernels
+from dart import compact, kernels
 from dart.compact import compact_ffn, gather_layer
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
@@ -37,6 +37,8 @@ def test_packed_linear_equals_f_linear(rows):
     assert packed.is_mkldnn and tuple(packed.shape) == (96, 80)
     assert torch.allclose(kernels.linear(x, packed, bias), nn.functional.linear(x, weight, bias), atol=1e-4)
     assert torch.allclose(kernels.linear(x[:, ::2], packed), x[:, ::2] @ weight.T, atol=1e-4)   # strided input
+    assert torch.allclose(kernels.linear(x, weight, bias, onednn=True), nn.functional.linear(x, weight, bias), atol=1e-4)
+    assert torch.allclose(kernels.linear(x, weight.T.contiguous().T, onednn=True), x @ weight.T, atol=1e-4)
 
 
 def test_packed_gathered_ffn_equals_the_plain_one(tiny):
@@ -48,12 +50,32 @@ def test_packed_gathered_ffn_equals_the_plain_one(tiny):
     assert torch.allclose(compact_ffn(mlp, hidden, packed), compact_ffn(mlp, hidden, plain), atol=1e-5)
 
 
+def test_prompt_blocks_run_plain_gathered_weights_and_decoding_packs_them_once(tiny, monkeypatch):
+    packs = []
+    original = kernels.pack
+    monkeypatch.setattr(compact, "pack_weight", lambda w: packs.append(tuple(w.shape)) or original(w))
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1, ffn_path="compact",
+                     linear_kernel="onednn", prefill={"mode": "blockwise", "block_tokens": 8})
+    engine = DartEngine(*tiny, cfg)
+    try:
+        logits, batch = engine.prefill([prompts()[1]])            # 40 tokens: a calibrating block, then 4 pruned
+        assert packs == [] and batch.states[0].ledger.compact_forwards == 4
+        tokens = logits.argmax(-1)
+        for _ in range(3):
+            tokens = engine.decode_step(batch, tokens).argmax(-1)
+        layers = len(decoder_layers(tiny[0]))
+        assert len(packs) == 3 * layers                            # the prompt's gathered set, packed once
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("cfg", [
     DartConfig(method="dense"),
     DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=0),                 # compact, union
     DartConfig(method="dart", budget="uniform", keep_ratio=0.5, ffn_path="masked"),
     DartConfig(method="dart", keep_ratio=0.5, prefill={"mode": "blockwise", "block_tokens": 16}),   # rowwise
-], ids=["dense", "static-gathered", "dart-masked", "dart-blockwise"])
+    DartConfig(method="dart", keep_ratio=0.5, ffn_path="compact", prefill={"mode": "blockwise", "block_tokens": 16}),
+], ids=["dense", "static-gathered", "dart-masked", "dart-blockwise", "dart-blockwise-compact"])
 def test_generation_under_onednn_equals_torch_kernel(tiny, cfg):
     kernel, plain = generate(tiny, cfg.model_copy(update={"linear_kernel": "torch"}))
     assert kernel == "torch"
