@@ -86,9 +86,9 @@ class CompactWeights:
 
 
 def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None = None,
-                 onednn: bool = False, packed: bool = False) -> CompactWeights:
+                 onednn: bool = False) -> CompactWeights:
     """Copy the kept rows of W_gate/W_up and columns of W_down (kept: sorted neuron ids [k]), to run on
-    oneDNN's kernel if `onednn`, packed for it if `packed` too (dart.kernels). Gate and up stay two
+    oneDNN's kernel if `onednn` (plain; `CompactWeights.pack` packs them). Gate and up stay two
     matmuls: one fused [2k, d] matmul measured no faster on CPU (0.994x)."""
     def rows(module):
         bias = None if module.bias is None else module.bias.index_select(0, kept).contiguous()
@@ -97,8 +97,7 @@ def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None
     gate, gate_bias = rows(mlp.gate_proj)
     up, up_bias = rows(mlp.up_proj)
     down = mlp.down_proj.weight.index_select(1, kept).contiguous()
-    weights = CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept, onednn)
-    return weights.pack() if packed else weights
+    return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept, onednn)
 
 
 def compact_activations(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
@@ -169,8 +168,8 @@ class FfnPlan:
         return self.weights is not None or self.row_weights is not None
 
     def packed(self) -> FfnPlan:
-        """This plan with its shared weights packed for oneDNN (for decode forwards)."""
-        if self.weights is None or all(weights.packed for weights in self.weights):
+        """This plan with its shared weights packed for oneDNN (for decode forwards; layers pack together)."""
+        if self.weights is None or self.weights[0].packed:
             return self
         return replace(self, weights=[weights.pack() for weights in self.weights])
 
@@ -283,7 +282,8 @@ class GatherCache:
         for layer, (mlp, ids) in enumerate(zip(self.mlps, kept)):
             ids = ids.to(mlp.gate_proj.weight.device)
             row_mask = None if path == "compact" else self._row_mask(states, active, layer, ids, width)
-            weights.append(gather_layer(mlp, ids, row_mask, onednn=self.onednn, packed=packed))
+            gathered = gather_layer(mlp, ids, row_mask, onednn=self.onednn)
+            weights.append(gathered.pack() if packed else gathered)
         return FfnPlan(path, weights, widths)
 
     def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,

@@ -45,7 +45,7 @@ def test_packed_gathered_ffn_equals_the_plain_one(tiny):
     mlp = tiny[0].model.layers[1].mlp
     hidden = torch.randn(3, 5, mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(3))
     kept = torch.tensor([0, 3, 4, 9, 20, 36])
-    plain, packed = gather_layer(mlp, kept), gather_layer(mlp, kept, packed=True)
+    plain, packed = gather_layer(mlp, kept), gather_layer(mlp, kept).pack()
     assert packed.gate.is_mkldnn and packed.width == plain.width == 6
     assert torch.allclose(compact_ffn(mlp, hidden, packed), compact_ffn(mlp, hidden, plain), atol=1e-5)
 
