@@ -91,12 +91,12 @@ def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None
     oneDNN's kernel if `onednn` (plain; `CompactWeights.pack` packs them). Gate and up stay two
     matmuls: one fused [2k, d] matmul measured no faster on CPU (0.994x)."""
     def rows(module):
-        bias = None if module.bias is None else module.bias.index_select(0, kept).contiguous()
-        return module.weight.index_select(0, kept).contiguous(), bias
+        bias = None if module.bias is None else module.bias.index_select(0, kept)
+        return module.weight.index_select(0, kept), bias
 
     gate, gate_bias = rows(mlp.gate_proj)
     up, up_bias = rows(mlp.up_proj)
-    down = mlp.down_proj.weight.index_select(1, kept).contiguous()
+    down = mlp.down_proj.weight.index_select(1, kept)          # index_select returns a new contiguous tensor
     return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept, onednn)
 
 
