@@ -105,11 +105,15 @@ def two_nodes():
         head, head_port = start_node(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
                                       f"--ray-client-server-port={free_port()}"], env)
         started.append(head)
-        time.sleep(3)
+        wait_for_port(port, head, seconds=120)
         worker, worker_port = start_node([f"--address=127.0.0.1:{port}"], env)
         started.append(worker)
-        probe = subprocess.run([sys.executable, "-c", NODES, f"127.0.0.1:{port}"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=180)
+        try:
+            probe = subprocess.run([sys.executable, "-c", NODES, f"127.0.0.1:{port}"], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired as err:
+            stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else err.stderr or ""
+            pytest.fail(f"the probe of the 2-node cluster ran past 240 s; its stderr ends:\n{stderr[-2000:]}")
         found = json.loads(probe.stdout.strip().splitlines()[-1])
         nodes = {n["port"]: n["id"] for n in found["nodes"]}
         assert set(nodes) == {head_port, worker_port}, (nodes, probe.stderr[-2000:])
@@ -125,6 +129,17 @@ def two_nodes():
             with contextlib.suppress(psutil.Error):
                 child.kill()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def wait_for_port(port: int, node: subprocess.Popen, seconds: float) -> None:
+    """Until the head's GCS accepts connections on `port` (a fixed sleep is too short on a loaded machine)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert node.poll() is None, f"`ray start --head` exited with {node.returncode}"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the head node's GCS did not listen on 127.0.0.1:{port} within {seconds:.0f} s")
 
 
 def descendants(proc: subprocess.Popen) -> list[psutil.Process]:
