@@ -93,6 +93,10 @@ class PrefillConfig(FrozenModel):
     first_block_tokens: int | None = Field(
         None, description="blockwise: tokens of the first (calibrating) block, at least 1 (null: block_tokens). "
         "A short first block with longer blocks after it prunes more of the prompt in fewer forwards.")
+    drift_in_prompt: bool = Field(
+        True, description="blockwise, method dart: drift events may fire in prompt blocks. A block after an event "
+        "re-forms its masks from its own tokens and so computes every neuron (a dense block's FLOPs); false: "
+        "the blocks build the drift baseline and windows are watched from the first generated token on.")
 
     @field_validator("block_tokens", "first_block_tokens")
     @classmethod

@@ -74,6 +74,8 @@ class SequenceState:
         phase = self._phase_of(tokens)
         if prompt_block and phase.masked and not (phase.calibrate or phase.form_in_forward):
             phase = replace(phase, accumulate=True)
+        if prompt_block and phase.monitor and not self.cfg.prefill.drift_in_prompt:
+            phase = replace(phase, monitor=False)
         self._phase = phase
         return phase
 

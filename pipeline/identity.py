@@ -10,6 +10,8 @@ from dart.config import DartConfig
 # Drift knobs whose value here computes exactly what the engine computed before the knob existed:
 # left out of the identity at that value, so runs recorded before it keep their fingerprint.
 NEUTRAL_DRIFT_KNOBS: dict[str, object] = {"replay_tokens": 0}
+# Prefill knobs of the drift monitor (read by method dart alone), at their neutral values.
+PREFILL_DRIFT_KNOBS: dict[str, object] = {"drift_in_prompt": True}
 
 
 def dart_settings(dart: DartConfig) -> dict[str, Any]:
@@ -25,6 +27,10 @@ def dart_settings(dart: DartConfig) -> dict[str, Any]:
                 del settings["drift"][knob]
     if dart.prefill.mode == "dense":     # today's prefill, which reads no other prefill knob
         del settings["prefill"]
+    else:
+        for knob, neutral in PREFILL_DRIFT_KNOBS.items():
+            if not dart.drift_enabled or settings["prefill"][knob] == neutral:
+                del settings["prefill"][knob]
     return settings
 
 

@@ -154,6 +154,23 @@ def test_drift_in_a_block_re_forms_masks(engine_of):
     assert state.epoch >= 1
 
 
+@pytest.mark.parametrize("policy", ["reset", "carry"])
+def test_drift_in_prompt_false_watches_generated_tokens_only(engine_of, policy):
+    cfg = blockwise(CONFIGS["dart_reset"], 3, drift=DRIFT.model_copy(update={"policy": policy}))
+    runs, prefilled = {}, {}
+    for watch in (True, False):
+        engine = engine_of(cfg.model_copy(update={"prefill": cfg.prefill.model_copy(update={"drift_in_prompt": watch})}))
+        runs[watch] = generate(engine, prompts((60,)))[0].telemetry
+        prefilled[watch] = engine.new_state()
+        engine.prefill(prompts((60,)), [prefilled[watch]])
+    blocks = runs[False].prefill_blocks
+    assert any(f < blocks for f in runs[True].drift_positions)              # events in the prompt
+    assert runs[False].drift_cosine_positions and min(runs[False].drift_cosine_positions) >= blocks
+    assert all(f >= blocks for f in runs[False].drift_positions)
+    # the prompt alone: no block after an event re-forms (carry) or recalibrates (reset) on every neuron
+    assert prefilled[False].ledger.flops_executed < prefilled[True].ledger.flops_executed
+
+
 def test_scoring_runs_blockwise(engine_of):
     engine = engine_of(blockwise(CONFIGS["static_uniform_step0"], 4))
     _, t = engine.continuation_logprobs(prompts()[1], [[7, 8], [9]])
@@ -177,3 +194,6 @@ def test_run_identity_reads_prefill_only_when_blockwise():
     assert "prefill" not in dart_settings(DartConfig(prefill={"block_tokens": 32}))
     assert dart_settings(DartConfig(prefill={"mode": "blockwise"}))["prefill"] == {
         "mode": "blockwise", "block_tokens": 64, "first_block_tokens": None}
+    quiet = {"mode": "blockwise", "drift_in_prompt": False}
+    assert dart_settings(DartConfig(prefill=quiet))["prefill"]["drift_in_prompt"] is False
+    assert "drift_in_prompt" not in dart_settings(DartConfig(method="static", prefill=quiet))["prefill"]
