@@ -5,9 +5,9 @@ generated tokens), the sparsity applied to prompt tokens, and ROUGE-L.
 
     python -m bench.job_prefill [--config conf/summarize.yaml] [--reps 1] [--blockwise-set key=value] [key=value ...]
 
-The block-wise side runs the config's block sizes. `--blockwise-set` overrides apply to it only,
-e.g. `dart.keep_ratio=0.7` to set block-wise DART at 30% against decode-only DART at 50%
-(`dart.keep_ratio=0.5`, both sides).
+The block-wise side runs the rest of the config's prefill section (block sizes, `drift_in_prompt`).
+`--blockwise-set` overrides apply to it only, e.g. `dart.keep_ratio=0.7` to set block-wise DART at
+30% against decode-only DART at 50% (`dart.keep_ratio=0.5`, both sides).
 
 Both sides start their actors and load the model per job, as a user's job does.
 """
@@ -22,7 +22,7 @@ from bench import common
 from pipeline.config import load_config
 from pipeline.driver import run_job
 
-BLOCKWISE = ["dart.prefill.mode=blockwise"]     # block sizes: the config's
+BLOCKWISE = ["dart.prefill.mode=blockwise"]     # the other prefill knobs: the config's
 
 
 def sides(blockwise_set: list[str]) -> dict[str, list[str]]:
