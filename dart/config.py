@@ -154,14 +154,12 @@ class DartConfig(FrozenModel):
             raise ValueError("budget 'per_layer' needs per_layer (e.g. '0:0.9,1-5:0.5')")
         if self.per_layer is not None:
             check_per_layer_syntax(self.per_layer)
-        if self.prefill.mode == "blockwise" and not self.prunes:
-            raise ValueError("prefill.mode 'blockwise' needs a method that prunes (static, griffin or dart); "
-                             "method 'dense' prunes nothing: for a dense run set prefill.mode 'dense' too")
         return self
 
     @property
     def blockwise(self) -> bool:
-        return self.prefill.mode == "blockwise"
+        """The prompt runs in pruned blocks; method dense runs its prompt whole whatever prefill says."""
+        return self.prefill.mode == "blockwise" and self.prunes
 
     @property
     def prunes(self) -> bool:

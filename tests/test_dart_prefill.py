@@ -181,7 +181,6 @@ def test_scoring_runs_blockwise(engine_of):
     ({"prefill": {"mode": "blockwise", "block_tokens": 0}}, "prefill.block_tokens"),
     ({"prefill": {"mode": "blockwise", "block_tokens": -3}}, "prefill.block_tokens"),
     ({"prefill": {"mode": "blockwise", "first_block_tokens": 0}}, "prefill.first_block_tokens"),
-    ({"method": "dense", "prefill": {"mode": "blockwise"}}, "prefill.mode"),
     ({"prefill": {"mode": "chunked"}}, "prefill.mode"),
 ])
 def test_config_errors_name_the_key(update, key):
@@ -197,3 +196,16 @@ def test_run_identity_reads_prefill_only_when_blockwise():
     quiet = {"mode": "blockwise", "drift_in_prompt": False}
     assert dart_settings(DartConfig(prefill=quiet))["prefill"]["drift_in_prompt"] is False
     assert "drift_in_prompt" not in dart_settings(DartConfig(method="static", prefill=quiet))["prefill"]
+
+
+def test_dense_runs_dense_whatever_prefill_says(engine_of):
+    """The dense baseline of a block-wise config: `dart.method=dense` alone, prefill settings unread
+    (and out of the run's identity)."""
+    block = {"mode": "blockwise", "block_tokens": 4, "first_block_tokens": 3}
+    cfg = DartConfig(method="dense", prefill=block)
+    assert not cfg.blockwise and dart_settings(cfg) == dart_settings(DartConfig(method="dense"))
+    plain = generate(engine_of(DartConfig(method="dense")), prompts())
+    told = generate(engine_of(cfg), prompts())
+    for a, b in zip(plain, told):
+        assert a.token_ids == b.token_ids and b.telemetry.prefill_blocks == 1
+        assert_close(telemetry(a), telemetry(b))
