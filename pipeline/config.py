@@ -1,12 +1,13 @@
 """Typed job configuration: YAML plus `key=value` overrides, validated before anything runs."""
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from dart.config import DartConfig, FrozenModel, GenerationConfig
 from dart.model_config import ModelConfig
@@ -41,6 +42,14 @@ class JobBase(FrozenModel):
                 raise ValueError(f"task {self.task} needs input.{key}")
         if spec.check is not None:
             spec.check(self.input, self.task_settings)
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_device_has_gpus(self) -> "JobBase":
+        if self.model.device.startswith("cuda") and self.pool.num_gpus_per_actor == 0:
+            raise ValueError(f"model.device={self.model.device} needs pool.num_gpus_per_actor of 1 or more: "
+                             "with 0, Ray hides every GPU from the actors; set pool.num_gpus_per_actor=1, or "
+                             "model.device=cpu (auto: a GPU where the actor has one)")
         return self
 
     @property
@@ -89,10 +98,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def validation_message(what: str, err: ValidationError) -> str:
-    """One line per invalid field, each naming its dotted key."""
-    lines = [f"{'.'.join(str(p) for p in e['loc']) or '<config>'}: {e['msg']}" for e in err.errors()]
+def validation_message(what: str, err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per invalid field, each naming its dotted key; an unknown key of `model` names the
+    nearest known one."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])    # none: a check of the whole config, which names its keys
+        line = f"{key}: {e['msg']}" if key else e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and model is not None:
+            line += nearest_key(model, e["loc"])
+        lines.append(line)
+    if len(lines) == 1:
+        return f"invalid {what}: {lines[0]}"
     return f"invalid {what}:\n  " + "\n  ".join(lines)
+
+
+def nearest_key(model: type[BaseModel], loc: tuple) -> str:
+    """'; did you mean input?' for an unknown key at `loc`, or '' when none is near."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    return f"; did you mean {prefix + '.' if prefix else ''}{near[0]}?" if near else ""
 
 
 def parse_config(data: dict[str, Any]) -> JobConfig:
@@ -100,7 +131,7 @@ def parse_config(data: dict[str, Any]) -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(validation_message("job config", err)) from None
+        raise ValueError(validation_message("job config", err, JobConfig)) from None
 
 
 class ConfigLoader(yaml.SafeLoader):
