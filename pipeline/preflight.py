@@ -23,11 +23,25 @@ def check_inputs(inp: InputConfig, output_dir: str) -> list[SourceFile]:
     sources = resolve_inputs(inp.paths, inp.hf_split)
     if not sources:
         raise ValueError(f"input.paths {inp.paths} match no file")
-    check_columns(sources, inp.columns, inp.passthrough_columns)
+    check_columns(sources, inp.columns, inp.passthrough_columns, lambda missing: column_hint(inp, missing))
     if inp.id_column is None:
         log.warning("input.id_column is null: row ids are derived as '<file>#<row>'")
     check_output_location(output_dir, inp.paths, sources)
     return sources
+
+
+def column_hint(inp: InputConfig, missing: list[str]) -> str:
+    """How to run without the first missing column, by the input key that names it."""
+    column = missing[0]
+    if column == inp.reference_column:
+        return ("; to run without references (no quality metric) set input.reference_column=null, or set it to "
+                "the column that holds them")
+    if column == inp.id_column:
+        return "; set input.id_column=null to derive ids '<file>#<row>', or set it to the id column"
+    if column in inp.passthrough_columns:
+        return "; remove it from input.passthrough_columns"
+    key = next(k for k in ("text_column", "question_column", "choices_column") if getattr(inp, k) == column)
+    return f"; set input.{key} to the column that holds it"
 
 
 def local_path(uri: str) -> Path | None:

@@ -5,6 +5,8 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import Callable
+
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -13,6 +15,9 @@ log = logging.getLogger(__name__)
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+# Text formats refused by name (a directory's are listed too, so none is skipped unseen): how to convert.
+TEXT_FORMATS = {".csv": "read_csv", ".tsv": "read_csv", ".json": "read_json", ".jsonl": "read_json",
+                ".ndjson": "read_json"}
 GLOB_CHARS = "*?["
 
 
@@ -42,7 +47,7 @@ def _with_protocol(fs, path: str) -> str:
 def expand_path(path: str) -> list[str]:
     """A file, a directory (its Parquet/Arrow files, recursively) or a glob, sorted."""
     fs, root = _url_to_fs(path)
-    suffixes = PARQUET_SUFFIXES + ARROW_SUFFIXES
+    suffixes = PARQUET_SUFFIXES + ARROW_SUFFIXES + tuple(TEXT_FORMATS)
     if any(c in root for c in GLOB_CHARS):
         found = [p for p in fs.glob(root) if fs.isfile(p)]
     elif fs.isdir(root):
@@ -79,6 +84,7 @@ def content_digest(fs, path: str, chunk: int = 8 << 20) -> str:
 
 def open_source(uri: str) -> SourceFile:
     """Read one file's footer (Parquet) or schema and row count (Arrow IPC)."""
+    refuse_text_format(uri)
     try:
         fs, path = _url_to_fs(uri)
         if uri.endswith(ARROW_SUFFIXES):
@@ -96,6 +102,18 @@ def open_source(uri: str) -> SourceFile:
                           content_digest(fs, path))
     except Exception as err:  # any unreadable file stops the job before work starts
         raise ValueError(f"cannot read input file {uri}: {type(err).__name__}: {err}") from None
+
+
+def refuse_text_format(uri: str) -> None:
+    """CSV and JSON files are refused by name, with the one line that converts them to Parquet."""
+    suffix = next((s for s in TEXT_FORMATS if uri.lower().endswith(s)), None)
+    if suffix is None:
+        return
+    module = "csv" if TEXT_FORMATS[suffix] == "read_csv" else "json"
+    options = ", parse_options=c.ParseOptions(delimiter='\\t')" if suffix == ".tsv" else ""
+    raise ValueError(f"input file {uri} is {suffix[1:].upper()}: inputs are Parquet or Arrow IPC files; convert "
+                     f"it once with python -c \"import pyarrow.{module} as c, pyarrow.parquet as p; "
+                     f"p.write_table(c.{TEXT_FORMATS[suffix]}('{uri}'{options}), '{uri[:-len(suffix)]}.parquet')\"")
 
 
 def _read_ipc(f) -> pa.Table:
@@ -124,7 +142,11 @@ def resolve_inputs(paths: list[str], hf_split: str = "train") -> list[SourceFile
     """Every input file in a deterministic order; a path matching nothing is an error."""
     sources: list[SourceFile] = []
     for path in paths:
-        files = expand_path(path)
+        try:
+            files = expand_path(path)
+        except Exception as err:     # unreachable host, refused credentials, a bucket that is not there
+            raise ValueError(f"cannot reach input path {path!r} ({type(err).__name__}: {first_line(err)}); "
+                             "check the address, the network and the credentials") from None
         if files:
             sources.extend(open_source(f) for f in files)
             continue
@@ -139,8 +161,16 @@ def resolve_inputs(paths: list[str], hf_split: str = "train") -> list[SourceFile
     return sources
 
 
-def check_columns(sources: list[SourceFile], required: list[str], passthrough: list[str]) -> None:
-    """Each named column exists once in every file; pass-through columns have one type everywhere."""
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (its first non-empty line, cut to `limit` characters)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
+def check_columns(sources: list[SourceFile], required: list[str], passthrough: list[str],
+                  hint: Callable[[list[str]], str] = lambda missing: "") -> None:
+    """Each named column exists once in every file; pass-through columns have one type everywhere.
+    `hint(missing)`: what to do about missing columns, appended to the refusal."""
     for src in sources:
         repeated = sorted({c for c in src.schema.names if src.schema.names.count(c) > 1})
         if repeated:
@@ -148,7 +178,8 @@ def check_columns(sources: list[SourceFile], required: list[str], passthrough: l
                              "rename them so each column is unambiguous")
         missing = [c for c in required if c not in src.schema.names]
         if missing:
-            raise ValueError(f"input file {src.uri} lacks column(s) {missing}; it has {src.schema.names}")
+            raise ValueError(f"input file {src.uri} lacks column(s) {missing}; it has {src.schema.names}"
+                             f"{hint(missing)}")
     for col in passthrough:
         types = {str(src.schema.field(col).type) for src in sources}
         if len(types) > 1:
