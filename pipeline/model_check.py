@@ -1,11 +1,13 @@
 """Model settings checked in the driver before any work, without loading a model library: a local
-source exists, and the job's token limits fit the model's context where its config.json says it."""
+source exists, an embedded model's wheels are installed, and the job's token limits fit the model's
+context where its config.json says it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dart.model_config import EMBEDDED_CONTEXT, ModelConfig, source_kind
+from dart.embedded import check_installed
+from dart.model_config import ModelConfig, source_kind
 
 from .config import JobConfig
 from .tasks import TASKS
@@ -13,10 +15,11 @@ from .tasks import TASKS
 
 def model_context(model: ModelConfig) -> int | None:
     """The model's context in tokens, or None where only loading the model would tell (hub ids,
-    GGUF files). Raises ValueError for a local source that does not exist."""
+    GGUF files). Raises ValueError for a local source that does not exist, or an embedded model whose
+    wheels are not installed (naming the pip command)."""
     kind = source_kind(model.source)
     if kind == "embedded":
-        return EMBEDDED_CONTEXT
+        return check_installed(model.source).context
     config = Path(model.source).expanduser() / "config.json"
     if kind != "dir" or not config.is_file():
         return None
