@@ -107,7 +107,8 @@ def route_linears(model: nn.Module, layers: nn.ModuleList) -> Routing:
     return Routing(swapped)
 
 
-def _best_seconds(run: Callable[[], object], reps: int = 3) -> float:
+def best_seconds(run: Callable[[], object], reps: int = 3) -> float:
+    """The fastest of `reps` timed calls of `run`, after one untimed call."""
     run()
     best = float("inf")
     for _ in range(reps):
@@ -125,8 +126,8 @@ def measured_choice(weights: list[torch.Tensor]) -> str:
     packed = [pack(w) for w in weights]
     first = weights[0]
     inputs = [torch.randn(rows, first.shape[1], dtype=first.dtype, device=first.device) for rows in MEASURED_ROWS]
-    plain = sum(_best_seconds(lambda x=x: [F.linear(x, w) for w in weights]) for x in inputs)
-    onednn = sum(_best_seconds(lambda x=x: [linear(x, p) for p in packed]) for x in inputs)
+    plain = sum(best_seconds(lambda x=x: [F.linear(x, w) for w in weights]) for x in inputs)
+    onednn = sum(best_seconds(lambda x=x: [linear(x, p) for p in packed]) for x in inputs)
     choice = "onednn" if onednn <= AUTO_MAX_TIME_FRACTION * plain else "torch"
     log.info("linear kernel %s: oneDNN packed %.2f ms, torch %.2f ms on %d %s weights at %s rows", choice,
              onednn * 1e3, plain * 1e3, len(weights), tuple(first.shape), "/".join(map(str, MEASURED_ROWS)))
@@ -160,21 +161,35 @@ def verdict_path(weights: list[torch.Tensor], cache_dir: Path) -> Path | None:
 def cached_choice(weights: list[torch.Tensor], cache_dir: Path | None) -> str:
     """measured_choice, read from / stored in `cache_dir` (None: measured every time)."""
     path = None if cache_dir is None else verdict_path(weights, cache_dir)
-    if path is not None and path.exists():
-        try:
-            choice = json.loads(path.read_text())["choice"]
-            if choice in ("torch", "onednn"):
-                log.info("linear kernel %s (measured before, %s)", choice, path)
-                return choice
-        except (OSError, ValueError, KeyError, TypeError) as exc:   # a bad entry is measured again
-            log.warning("ignoring unreadable kernel verdict %s: %s", path, exc)
+    choice = read_verdict(path, ("torch", "onednn"))
+    if choice is not None:
+        log.info("linear kernel %s (measured before, %s)", choice, path)
+        return choice
     choice = measured_choice(weights)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"choice": choice, "cpu": cpu_model()}))
-        os.replace(tmp, path)
+    write_verdict(path, choice)
     return choice
+
+
+def read_verdict(path: Path | None, allowed: tuple[str, ...]) -> str | None:
+    """A measured choice cached at `path`, if it is one of `allowed` (a bad entry is measured again)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        choice = json.loads(path.read_text())["choice"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable verdict %s: %s", path, exc)
+        return None
+    return choice if choice in allowed else None
+
+
+def write_verdict(path: Path | None, choice: str) -> None:
+    """Cache a measured choice at `path` atomically (None: not cached)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"choice": choice, "cpu": cpu_model()}))
+    os.replace(tmp, path)
 
 
 def choose_kernel(setting: str, weights: list[torch.Tensor], hidden: int, cache_dir: Path | None = None) -> str:

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
@@ -26,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .dtypes import resolve_dtype
 from .embedded import EmbeddedModel, check_installed, gguf_path
 from .filelock import exclusive
 from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, ModelConfig, cache_root, source_kind
@@ -33,7 +35,6 @@ from .model_config import DEVICE_PATTERN, EMBEDDED_MODEL, ModelConfig, cache_roo
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FINGERPRINT_SAMPLES = 1024
 
 
@@ -52,10 +53,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
+def model_dtype(cfg: ModelConfig, device: torch.device, location: str, common: dict) -> torch.dtype:
+    """The weights' dtype of `cfg.dtype`; `auto` on a CPU measures on the model's FFN shape (dart.dtypes)."""
+    shape = None
+    if cfg.dtype == "auto" and device.type == "cpu" and cfg.device_map is None:
+        config = AutoConfig.from_pretrained(location, **common)
+        shape = (config.num_hidden_layers, config.intermediate_size, config.hidden_size)
+    return resolve_dtype(cfg.dtype, device, shape, cache_root(cfg.cache_dir) / "kernels")
 
 
 def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -63,11 +67,11 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     start = time.perf_counter()
     device = resolve_device(cfg.device)  # before _locate: a bad device should not wait for a conversion
     location, gguf_file, is_hub = _locate(cfg)
-    dtype = resolve_dtype(cfg.dtype, device)
     common = _common_kwargs(cfg, gguf_file)
     weights = {} if gguf_file or cfg.allow_pickle else {"use_safetensors": True}
     with _hub_errors(cfg.source, is_hub):
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        dtype = model_dtype(cfg, device, location, common)
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, device_map=cfg.device_map, attn_implementation="sdpa", **weights, **common)
     if cfg.device_map is None:

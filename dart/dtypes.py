@@ -1,0 +1,97 @@
+"""The weights' dtype that `model.dtype: auto` picks: the machine's native one.
+
+On CUDA that is bfloat16 (float16 on a GPU without bfloat16). On a CPU it depends on the chip: one
+with AVX512-BF16 or AMX runs a bfloat16 matmul 2-7x faster than float32, one without emulates it,
+slower. So auto measures both dtypes on matmuls of the model's FFN shape (torch's kernel and oneDNN's
+packed one, a decode step's rows and a prompt block's) and takes bfloat16 when it is clearly faster;
+the verdict is cached on disk per CPU, torch build, thread count and shape, beside the kernel verdicts.
+DART's statistics, scores and drift cosines are float32 whatever the weights (dart.state).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import best_seconds, cpu_model, linear, onednn_available, pack, read_verdict, write_verdict
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# auto takes bfloat16 only when it takes at most this fraction of float32's time.
+AUTO_MAX_TIME_FRACTION = 0.8
+MEASURED_ROWS = (4, 256)          # a decode step of a batch, a prompt block
+MEASURED_BYTES = 96 * 2**20       # float32 weights streamed per measurement: more than any CPU cache
+# Below this hidden size a matmul is mostly call overhead: auto keeps float32 without measuring.
+MIN_HIDDEN_TO_MEASURE = 256
+
+
+def resolve_dtype(name: str, device: torch.device, ffn_shape: tuple[int, int, int] | None = None,
+                  cache_dir: Path | None = None) -> torch.dtype:
+    """The dtype of `model.dtype`; `auto` measures on a CPU (ffn_shape: layers, FFN width, hidden;
+    without it, or for a tiny model, a CPU gets float32)."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type != "cpu" or ffn_shape is None or ffn_shape[2] < MIN_HIDDEN_TO_MEASURE:
+        return torch.float32
+    return cached_cpu_dtype(ffn_shape, cache_dir)
+
+
+@torch.inference_mode()
+def matmul_seconds(dtype: torch.dtype, ffn_shape: tuple[int, int, int]) -> float:
+    """Seconds of the faster kernel over random [width, hidden] weights of `dtype` at MEASURED_ROWS rows,
+    summed; as many weights as a forward streams, up to MEASURED_BYTES of them."""
+    layers, width, hidden = ffn_shape
+    count = max(1, min(layers, MEASURED_BYTES // (width * hidden * 4)))
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(width, hidden, generator=generator, device="cpu").to(dtype) for _ in range(count)]
+    inputs = [torch.randn(rows, hidden, generator=generator, device="cpu").to(dtype) for rows in MEASURED_ROWS]
+    kernels = [lambda x, w: F.linear(x, w)]
+    if onednn_available(torch.device("cpu")):
+        packed = {id(w): pack(w) for w in weights}
+        kernels.append(lambda x, w: linear(x, packed[id(w)]))
+    return min(sum(best_seconds(lambda x=x: [run(x, w) for w in weights]) for x in inputs) for run in kernels)
+
+
+def measured_cpu_dtype(ffn_shape: tuple[int, int, int]) -> torch.dtype:
+    """bfloat16 if its matmuls take at most AUTO_MAX_TIME_FRACTION of float32's, else float32."""
+    float32 = matmul_seconds(torch.float32, ffn_shape)
+    bfloat16 = matmul_seconds(torch.bfloat16, ffn_shape)
+    choice = torch.bfloat16 if bfloat16 <= AUTO_MAX_TIME_FRACTION * float32 else torch.float32
+    log.info("model dtype auto -> %s: bfloat16 matmuls %.1f ms, float32 %.1f ms (FFN %s, %d thread(s), %s)",
+             choice, bfloat16 * 1e3, float32 * 1e3, ffn_shape, torch.get_num_threads(), cpu_model() or "CPU")
+    return choice
+
+
+def verdict_path(ffn_shape: tuple[int, int, int], cache_dir: Path) -> Path | None:
+    """Where the measured dtype for this CPU, torch, thread count and shape is cached (None: CPU unknown)."""
+    cpu = cpu_model()
+    if not cpu:
+        return None
+    key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "ffn": list(ffn_shape), "rows": MEASURED_ROWS, "max_fraction": AUTO_MAX_TIME_FRACTION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"dtype-{digest}.json"
+
+
+def cached_cpu_dtype(ffn_shape: tuple[int, int, int], cache_dir: Path | None) -> torch.dtype:
+    """measured_cpu_dtype, read from / stored in `cache_dir` (None: measured every time)."""
+    path = None if cache_dir is None else verdict_path(ffn_shape, cache_dir)
+    name = read_verdict(path, ("float32", "bfloat16"))
+    if name is not None:
+        log.info("model dtype auto -> %s (measured before, %s)", name, path)
+        return DTYPES[name]
+    choice = measured_cpu_dtype(ffn_shape)
+    write_verdict(path, dtype_name(choice))
+    return choice
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
