@@ -61,7 +61,7 @@ def per_layer_counts(spec: str | dict[int, float], num_layers: int, width: int) 
 
 def depth_weights(num_layers: int, cfg: AutoBudgetConfig) -> torch.Tensor:
     """D_l of step 4: ramps up over the first w_e of depth and down over the last w_l."""
-    out = torch.ones(num_layers, dtype=torch.float64)
+    out = torch.ones(num_layers, dtype=torch.float64, device="cpu")     # host-side: a handful of numbers
     for layer in range(num_layers):
         z = layer / (num_layers - 1) if num_layers > 1 else 0.0
         if z < cfg.early_width:

@@ -121,13 +121,13 @@ def compact_ffn(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> 
 
 def union_kept(kept_sets: list[list[torch.Tensor]], width: int) -> list[torch.Tensor]:
     """Per layer, the sorted union of the rows' kept neuron ids. kept_sets: [G][L] id tensors."""
-    union = []
-    for layer in range(len(kept_sets[0])):
-        flags = torch.zeros(width, dtype=torch.bool, device=kept_sets[0][layer].device)
-        for kept in kept_sets:
-            flags[kept[layer]] = True
-        union.append(flags.nonzero().squeeze(1))
-    return union
+    layers = len(kept_sets[0])
+    flags = torch.zeros(layers, width, dtype=torch.bool, device=kept_sets[0][0].device)
+    for kept in kept_sets:
+        for layer in range(layers):
+            flags[layer].index_fill_(0, kept[layer], True)
+    ids = flags.nonzero()[:, 1]                      # one host sync for all layers: row-major order
+    return list(ids.split(flags.sum(1).tolist()))
 
 
 def choose_path(groups: int, gathered_fraction: float, path: str) -> str:
@@ -193,25 +193,25 @@ class GatherCache:
     def clear(self) -> None:
         self._key, self._plan, self._rows, self._waiting = (), MASKED, {}, ((), 0, 0)
 
-    def plan(self, states: list[SequenceState], phases: list[ForwardPhase], token_mask: torch.Tensor) -> FfnPlan:
-        """The FFN path of a forward (token_mask [B, T] bool). Rows without a token in it (past the end of
-        their prompt in a block-wise prefill) take no part; a multi-token forward whose rows hold several
+    def plan(self, states: list[SequenceState], phases: list[ForwardPhase], counts: list[int],
+             tokens: int) -> FfnPlan:
+        """The FFN path of a forward (counts: each row's real tokens, from the host; tokens: the forward's
+        width). Rows without a token in it (past the end of their prompt in a block-wise prefill) take no part; a multi-token forward whose rows hold several
         kept sets (a prompt block) is planned by the neuron-tokens each path computes."""
         if self.ffn_path == "masked":
             return MASKED
-        counts = token_mask.sum(-1).tolist()
         active = tuple(b for b, count in enumerate(counts) if count)
         if not all(phases[b].masked and not (phases[b].calibrate or phases[b].form_in_forward)
                    and states[b].kept is not None for b in active):
             return MASKED
         path = None
-        if token_mask.shape[1] > 1 and (len(active) < len(states) or len({states[b].uid for b in active}) > 1):
-            path = self._block_path(states, active, counts, token_mask.shape[1])
+        if tokens > 1 and (len(active) < len(states) or len({states[b].uid for b in active}) > 1):
+            path = self._block_path(states, active, counts, tokens)
             if path in ("masked", "rowwise"):
                 return MASKED if path == "masked" else self._rowwise(states, active)
         else:
             self._rows = {}                             # rowwise copies serve prompt blocks only
-        decode = token_mask.shape[1] == 1
+        decode = tokens == 1
         key = (path, active, tuple((s.uid, s.mask_version) for s in states))
         if key != self._key:
             self._key, self._plan = (), MASKED          # free the old copies before gathering new ones

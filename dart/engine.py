@@ -119,8 +119,8 @@ class DartEngine:
         for state, prompt in zip(states, prompts):
             state.prompt_forwards = sum(start < len(prompt) for start in starts)
         batch = DecodeBatch.empty(states, growing_cache(self.model.config), self.device)
-        logits = run_blocks(lambda ids, mask, logits: self._step(batch, ids, mask, blockwise, logits), prompts,
-                            starts, self.pad_id, self.device)
+        logits = run_blocks(lambda ids, mask, counts, logits: self._step(batch, ids, mask, counts, blockwise, logits),
+                            prompts, starts, self.pad_id, self.device)
         return logits, batch
 
     @torch.inference_mode()
@@ -129,7 +129,8 @@ class DartEngine:
         Returns the next-token logits [B, V] (float32)."""
         if tokens.shape != (len(batch),):
             raise ValueError(f"decode_step takes one token per row: shape ({len(batch)},), got {tuple(tokens.shape)}")
-        return self._step(batch, tokens[:, None], torch.ones(len(batch), 1, dtype=torch.bool, device=self.device))
+        return self._step(batch, tokens[:, None], torch.ones(len(batch), 1, dtype=torch.bool, device=self.device),
+                          [1] * len(batch))
 
     @torch.inference_mode()
     def teacher_force(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
@@ -138,36 +139,36 @@ class DartEngine:
         state accounts one forward of its rows' tokens. Returns logits at every position [B, T, V]."""
         phase_of = {s.uid: s.form_now() for s in batch.states}
         phases = [phase_of[s.uid] for s in batch.states]
-        return self._run(batch, phases, input_ids, token_mask, keep=0)
+        return self._run(batch, phases, input_ids, token_mask, token_mask.sum(-1).tolist(), keep=0)
 
-    def _step(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor,
+    def _step(self, batch: DecodeBatch, input_ids: torch.Tensor, token_mask: torch.Tensor, counts: list[int],
               prompt_block: bool = False, logits: bool = True) -> torch.Tensor | None:
-        """One forward that advances the schedule of every row with a token in it; returns last-position
-        logits [B, V], or None without `logits` (the LM head is not run)."""
-        tokens = self._tokens_per_state(batch.states, token_mask)
+        """One forward that advances the schedule of every row with a token in it (counts: each row's real
+        tokens, known to the host); returns last-position logits [B, V], or None without `logits`."""
+        tokens = self._tokens_per_state(batch.states, counts)
         phase_of = {uid: state.begin_forward(count, prompt_block) if count else IDLE
                     for uid, (state, count) in tokens.items()}
         phases = [phase_of[s.uid] for s in batch.states]
-        out = self._run(batch, phases, input_ids, token_mask, keep=1 if logits else None)
+        out = self._run(batch, phases, input_ids, token_mask, counts, keep=1 if logits else None)
         return None if out is None else out[:, -1]
 
     @staticmethod
-    def _tokens_per_state(states: list[SequenceState], token_mask: torch.Tensor) -> dict[int, tuple]:
+    def _tokens_per_state(states: list[SequenceState], counts: list[int]) -> dict[int, tuple]:
         """{uid: (state, real tokens of its rows)}: rows sharing a state count as one sequence."""
         out: dict[int, tuple] = {}
-        for state, count in zip(states, token_mask.sum(-1).tolist()):
+        for state, count in zip(states, counts):
             out[state.uid] = (state, out.get(state.uid, (state, 0))[1] + count)
         return out
 
     def _run(self, batch: DecodeBatch, phases: list[ForwardPhase], input_ids: torch.Tensor,
-             token_mask: torch.Tensor, keep: int | None = 1) -> torch.Tensor | None:
+             token_mask: torch.Tensor, counts: list[int], keep: int | None = 1) -> torch.Tensor | None:
         """Forward the tokens through the model and the cache, then account it in each state. Logits of the
         last `keep` positions (0: all; None: none, the LM head not run)."""
         attention_mask, position_ids = batch.append(token_mask)
         logits, execution = self._forward(batch.states, phases, input_ids, attention_mask, position_ids,
-                                          batch.cache, token_mask, keep)
+                                          batch.cache, token_mask, counts, keep)
         batch.advance(attention_mask, token_mask)
-        for state, count in self._tokens_per_state(batch.states, token_mask).values():
+        for state, count in self._tokens_per_state(batch.states, counts).values():
             if count:
                 state.end_forward(count, execution[state.uid])
         return logits
@@ -181,10 +182,10 @@ class DartEngine:
             self._mask_cache = (key, batch_masks(states, phases, self.dtype, self.device))
         return self._mask_cache[1]
 
-    def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, keep=1):
-        plan = self._gather.plan(states, phases, token_mask)
+    def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, counts, keep=1):
+        plan = self._gather.plan(states, phases, counts, token_mask.shape[1])
         masks = None if plan.gathered else self._masks(states, phases)
-        self.runtime.current = ForwardPass(states, phases, token_mask, masks, plan.weights, plan.row_weights)
+        self.runtime.current = ForwardPass(states, phases, token_mask, counts, masks, plan.weights, plan.row_weights)
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                       use_cache=True)
         try:
@@ -195,11 +196,11 @@ class DartEngine:
                 logits = self.model(**inputs, logits_to_keep=keep).logits.float()
         finally:
             self.runtime.current = None
-        return logits, self._execution(states, plan, masks, token_mask)
+        return logits, self._execution(states, plan, masks, counts)
 
-    def _execution(self, states, plan: FfnPlan, masks: torch.Tensor | None, token_mask) -> dict[int, FfnExecution]:
+    def _execution(self, states, plan: FfnPlan, masks: torch.Tensor | None, counts) -> dict[int, FfnExecution]:
         """What the forward just run computed in the FFN, for each row's ledger: {uid: execution}."""
-        active = [s for s, count in zip(states, token_mask.any(-1).tolist()) if count]
+        active = [s for s, count in zip(states, counts) if count]
         sequences = len({s.uid for s in active})
         if plan.path == "rowwise":          # each row reads its own gathered weights
             return {s.uid: FfnExecution("rowwise", [int(k.numel()) for k in s.kept], 0, sequences, reads_alone=True)

@@ -13,13 +13,15 @@ class ForwardPass:
     """Rows' phases are fixed when the pass is built; masks formed inside it (mask_step 0) update it."""
 
     def __init__(self, states: list[SequenceState], phases: list[ForwardPhase], token_mask: torch.Tensor,
-                 masks: torch.Tensor | None, compact: list[CompactWeights] | None = None,
+                 counts: list[int], masks: torch.Tensor | None, compact: list[CompactWeights] | None = None,
                  row_compact: list[list[CompactWeights] | None] | None = None) -> None:
-        # token_mask: [B, T] bool, False at padding; masks: [B, L, N] in the model dtype (1 keep, 0 prune)
+        # token_mask: [B, T] bool, False at padding; counts: each row's real tokens (host)
+        # masks: [B, L, N] in the model dtype (1 keep, 0 prune)
         # compact: per layer, weights every row shares; row_compact: per row (None: no token), per layer
         self.states, self.phases = states, phases
-        self.token_mask = token_mask
-        self.all_valid = bool(token_mask.all())
+        self.token_mask, self.counts = token_mask, counts
+        self.all_valid = all(count == token_mask.shape[1] for count in counts)
+        self._positions: list[torch.Tensor] | None = None    # each row's real positions, found once
         self.masks = masks
         self.compact, self.row_compact = compact, row_compact
         self.accumulating = [b for b, p in enumerate(phases) if p.accumulate]
@@ -34,7 +36,14 @@ class ForwardPass:
 
     def _tokens(self, tensor: torch.Tensor, row: int) -> torch.Tensor:
         """This row's real (non-padding) tokens: [T, *]."""
-        return tensor[row] if self.all_valid else tensor[row][self.token_mask[row]]
+        return tensor[row] if self.all_valid else tensor[row].index_select(0, self._real_positions()[row])
+
+    def _real_positions(self) -> list[torch.Tensor]:
+        """Per row, the positions of its real tokens: one host sync per forward, not one per layer and row."""
+        if self._positions is None:
+            columns = self.token_mask.nonzero()[:, 1]
+            self._positions = list(columns.split(self.counts))
+        return self._positions
 
     def ffn(self, layer: int, mlp: DartMLP, hidden: torch.Tensor) -> torch.Tensor:
         for b in self.remembering:
@@ -80,7 +89,7 @@ class ForwardPass:
             if self.all_valid:
                 out[b] = y
             else:
-                out[b, self.token_mask[b]] = y
+                out[b].index_copy_(0, self._real_positions()[b], y)
         return out
 
     def _accumulate(self, row: int, layer: int, act: torch.Tensor, ids: torch.Tensor | None) -> None:

@@ -33,8 +33,8 @@ def scattered(act: torch.Tensor, ids: torch.Tensor, width: int) -> torch.Tensor:
 def ema_first_block(act: torch.Tensor, decay: float) -> torch.Tensor:
     """First block of k tokens: weights d^(k-1-j) / sum over |a_j|. act: [T, N] -> [N]."""
     k = act.shape[0]
-    exponents = torch.arange(k - 1, -1, -1, dtype=torch.float64)
-    weights = torch.pow(torch.tensor(decay, dtype=torch.float64), exponents)
+    exponents = torch.arange(k - 1, -1, -1, dtype=torch.float64, device=act.device)
+    weights = torch.pow(torch.tensor(decay, dtype=torch.float64, device=act.device), exponents)
     weights = (weights / weights.sum()).to(act.dtype)
     return (weights[:, None] * act.abs()).sum(dim=0)
 

@@ -19,11 +19,10 @@ def forced_logprobs(engine, batch: DecodeBatch, first: torch.Tensor,
     if longest == 1:                     # every score comes from the prompt's forward
         return [first] * len(continuations)
     batch.select([0] * len(continuations))
-    cont = torch.full((len(continuations), longest), engine.pad_id, dtype=torch.long, device=engine.device)
-    cont_mask = torch.zeros_like(cont, dtype=torch.bool)
-    for i, c in enumerate(continuations):
-        cont[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-        cont_mask[i, :len(c)] = True
+    cont = torch.tensor([list(c) + [engine.pad_id] * (longest - len(c)) for c in continuations], dtype=torch.long,
+                        device=engine.device)
+    cont_mask = torch.tensor([[True] * len(c) + [False] * (longest - len(c)) for c in continuations],
+                             dtype=torch.bool, device=engine.device)
     logprobs = torch.log_softmax(engine.teacher_force(batch, cont, cont_mask), dim=-1)   # [C, T, V]
     return [torch.cat([first, logprobs[i, :len(c) - 1]]) for i, c in enumerate(continuations)]
 

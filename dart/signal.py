@@ -7,17 +7,17 @@ import torch
 class SignalAccumulator:
     """Keeps the epoch's signal sum and the means of its complete W-token windows."""
 
-    def __init__(self, hidden: int, window: int) -> None:
+    def __init__(self, hidden: int, window: int, device: torch.device) -> None:
         self.window = window
-        self.total = torch.zeros(hidden, dtype=torch.float32)
+        self.total = torch.zeros(hidden, dtype=torch.float32, device=device)
         self.count = 0
-        self.partial = torch.zeros(hidden, dtype=torch.float32)
+        self.partial = torch.zeros(hidden, dtype=torch.float32, device=device)
         self.partial_count = 0
         self.window_means: list[torch.Tensor] = []
 
     def add(self, signal: torch.Tensor) -> None:
         """signal: [T, d] tokens in order."""
-        signal = signal.float().cpu()
+        signal = signal.float()
         self.total += signal.sum(dim=0)
         self.count += signal.shape[0]
         start = 0

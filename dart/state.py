@@ -152,14 +152,13 @@ class SequenceState:
 
     def _empty_residual_sums(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Auto budget, per layer: sums of cos(x, y) and ||y - x|| / ||x|| [L], and their token counts."""
-        rows = self._rows()
-        cos_sum, ratio_sum = torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64)
-        return cos_sum, ratio_sum, [0] * self.shape.num_layers
+        sums = torch.zeros(2, self._rows(), dtype=torch.float64, device=self.device)   # on the device: no sync per layer
+        return sums[0], sums[1], [0] * self.shape.num_layers
 
     def _empty_signal(self) -> SignalAccumulator | None:
         if not self.cfg.drift_enabled:
             return None
-        return SignalAccumulator(self.shape.hidden * self.cfg.drift.signal_layers, self.cfg.drift.window)
+        return SignalAccumulator(self.shape.hidden * self.cfg.drift.signal_layers, self.cfg.drift.window, self.device)
 
     # ---- statistics -----------------------------------------------------------------------
     def observe_activations(self, layer: int, act: torch.Tensor, ids: torch.Tensor | None = None) -> None:
@@ -200,8 +199,8 @@ class SequenceState:
     def observe_residual(self, layer: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Auto-budget statistics. x: residual entering post_attention_layernorm [T, d]; y: FFN output [T, d]."""
         x, y = x.float().to(self.device), y.float().to(self.device)
-        self.cos_sum[layer] += F.cosine_similarity(x, y, dim=-1).sum().item()
-        self.ratio_sum[layer] += ((y - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().item()
+        self.cos_sum[layer] += F.cosine_similarity(x, y, dim=-1).sum().double()
+        self.ratio_sum[layer] += ((y - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().double()
         self.residual_tokens[layer] += x.shape[0]
 
     def needs_residual(self) -> bool:
@@ -243,8 +242,8 @@ class SequenceState:
             return self.auto_counts
         if self.cfg.target_sparsity == 0.0:
             return [self.shape.width] * self.shape.num_layers
-        tokens = torch.tensor(self.residual_tokens, dtype=torch.float64).clamp_min(1)
-        self.auto_counts = budget.auto_counts(self.cos_sum / tokens, self.ratio_sum / tokens,
+        tokens = torch.tensor(self.residual_tokens, dtype=torch.float64, device="cpu").clamp_min(1)
+        self.auto_counts = budget.auto_counts(self.cos_sum.cpu() / tokens, self.ratio_sum.cpu() / tokens,
                                               self.cfg.target_sparsity, self.shape.width, self.cfg.auto)
         return self.auto_counts
 

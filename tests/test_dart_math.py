@@ -117,7 +117,7 @@ def test_proxies_of_parameters_keep_no_autograd_graph():
 
 
 def test_signal_windows_span_forwards_and_drop_remainder():
-    acc = SignalAccumulator(hidden=1, window=2)
+    acc = SignalAccumulator(hidden=1, window=2, device="cpu")
     acc.add(torch.tensor([[1.0], [3.0], [5.0]]))
     acc.add(torch.tensor([[7.0]]))
     acc.add(torch.tensor([[100.0]]))
@@ -127,7 +127,7 @@ def test_signal_windows_span_forwards_and_drop_remainder():
 
 
 def test_fewer_tokens_than_a_window_make_one_window_and_no_threshold():
-    acc = SignalAccumulator(hidden=2, window=5)
+    acc = SignalAccumulator(hidden=2, window=5, device="cpu")
     acc.add(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     baseline = form_baseline(*acc.means(), DriftConfig())
     assert baseline.cosines == pytest.approx([1.0]) and baseline.tau is None
