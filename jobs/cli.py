@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
-from pipeline.config import load_config
+from pipeline.config import JobConfig, dump_config, load_config
 from pipeline.driver import run_job
+from pipeline.failures import FILE_ONLY, failure_line
 from pipeline.signals import by_sigterm
 from pipeline.tasks import TASKS
+
+from .logfile import job_logging
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +36,42 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def parse_args(task: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog=f"python -m jobs.{task}",
-        description=f"Run the DART {task} job over whole datasets on Ray (resumes a finished or stopped run).")
+        prog=f"python -m jobs.{task}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Run the DART {task} job over whole datasets on Ray (resumes a finished or stopped run).",
+        epilog=sections_help(task))
     parser.add_argument("--config", help=f"YAML job config, e.g. conf/{task}.yaml")
+    parser.add_argument("--print-config", action="store_true", help="print the effective config (the file, "
+                        "then the overrides, then the defaults) as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys, e.g. pool.num_actors=4")
     return parser.parse_args(argv)
 
 
+def sections_help(task: str) -> str:
+    """The config's sections, one a line, and where every key is described."""
+    lines = [f"  {name:<11} {field.description}" for name, field in JobConfig.model_fields.items()
+             if name == task or name not in TASKS]
+    return ("config sections (every key, with its type, default, bounds and meaning: docs/config.md):\n"
+            + "\n".join(lines))
+
+
 def main(task: str, argv: list[str] | None = None) -> int:
+    """Exit 0 when the run ends (complete or stopped at control.max_items), 2 when the config or the
+    inputs are refused before any work, 1 when the run fails, 130/143 when stopped by a signal."""
     args = parse_args(task, argv)
     try:
         config = load_config(args.config, args.overrides, task=task)
     except (ValueError, OSError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
-    logging.basicConfig(level=config.control.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.print_config:
+        sys.stdout.write(dump_config(config))
+        return 0
+    with job_logging(config) as log_file:
+        return run(config, log_file)
+
+
+def run(config: JobConfig, log_file: Path | None) -> int:
+    """The job under the invocation's logging; every failure ends in one `error:` line."""
     try:
         summary = run_job(config)
     except ValueError as err:   # bad input or config found before any work
@@ -55,6 +79,11 @@ def main(task: str, argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         return stopped(err)
+    except Exception as err:    # during the run: one line here, the traceback in the log file
+        log.error("the run failed", exc_info=True, extra=FILE_ONLY)
+        where = f" (full log: {log_file})" if log_file is not None else ""
+        sys.stderr.write(f"error: {failure_line(err)}{where}\n")
+        return 1
     sys.stdout.write(closing_text(summary))
     return 0
 

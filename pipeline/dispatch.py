@@ -6,6 +6,7 @@ import logging
 import time
 from collections import deque
 
+from .failures import WorkerSetupError
 from .job import Job
 from .plan import WorkItem
 
@@ -91,6 +92,8 @@ def dispatch(job: Job, todo: list[WorkItem], actors: list, setup) -> int:
             try:
                 table = ray.get(ready[0])
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as err:
+                if isinstance(getattr(err, "cause", None), WorkerSetupError):
+                    raise err.cause from None     # a restarted actor without its model: not worth retrying
                 if isinstance(err, ray.exceptions.RayActorError):
                     workers.lost_item(a)
                 message = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:500]}"

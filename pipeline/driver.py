@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 from .config import JobConfig
+from .failures import writing
 from .job import Job
 from .pool import WorkerPool, run_items
+from .pruning import warn_if_unpruned
 from .storage import check_durable_output
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ def run_job(config: JobConfig, pool: WorkerPool | None = None) -> dict[str, Any]
     began = time.perf_counter()
     check_durable_output(config.output.dir)
     job = Job.open(config)
+    warn_if_unpruned(config)
     with job.run.lock(config.output.lease_seconds):
         todo = job.unfinished()
         skipped = len(job.plan) - len(todo)
@@ -28,10 +31,12 @@ def run_job(config: JobConfig, pool: WorkerPool | None = None) -> dict[str, Any]
             todo = todo[:config.control.max_items]
         if not job.plan:
             log.warning("input %s has no rows: the run is complete with an empty output", config.input.paths)
-            job.run.write_empty(job.schema)
+            with writing(job.run.root):
+                job.run.write_empty(job.schema)
         generated = 0
         if todo:
-            job.run.unfinish()
+            with writing(job.run.root):
+                job.run.unfinish()
             generated = run_items(job, todo, pool)
         wall = time.perf_counter() - began
         return job.close({"skipped_items": skipped, "wall_seconds": wall,

@@ -8,13 +8,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import JobConfig, dump_config
+from .failures import is_storage_fault, reading, writing
+from .hub import check_hub_source
 from .model_check import check_model
 from .plan import WorkItem, plan_digest, plan_items
 from .provenance import Provenance
 from .preflight import check_inputs, find_duplicate_ids
 from .records import error_part
 from .schema import output_schema
-from .sources import SourceFile, read_rows
+from .sources import SourceFile, first_line, read_rows
 from .store import RunDir
 from .summary import summarize_table
 
@@ -35,9 +37,17 @@ class Job:
         try:
             self.run = RunDir.open(config.output.dir, config.task, self.fingerprint, dump_config(config), plan,
                                    self.schema, config.output.storage_options)
-        except OSError as err:
+        except ValueError:
+            raise
+        except Exception as err:      # a disk, or a store that is unreachable or refuses the credentials
+            if isinstance(err, TypeError) and config.output.storage_options:
+                raise ValueError(f"output.storage_options {config.output.storage_options} are not options of "
+                                 f"the store's filesystem ({first_line(err)})") from None
+            if not is_storage_fault(err):
+                raise
             raise ValueError(f"output.dir {config.output.dir!r} cannot hold a run ({type(err).__name__}: "
-                             f"{err.strerror or err}); choose a writable folder or an object-store URI") from None
+                             f"{getattr(err, 'strerror', None) or first_line(err)}); choose a writable folder, "
+                             "or check the object store's address and credentials") from None
         self.provenance = Provenance(self.run)
 
     @classmethod
@@ -45,6 +55,7 @@ class Job:
         """Check every input, plan the items, open (or resume) the run directory."""
         inp = config.input
         check_model(config)
+        check_hub_source(config.model)
         sources = check_inputs(inp, config.output.dir)
         plan = plan_items(sources, inp.rows_per_item, inp.limit)
         job = cls(config, sources, plan, find_duplicate_ids(sources, plan, inp.id_column))
@@ -70,7 +81,9 @@ class Job:
 
     def rows(self, item: WorkItem) -> pa.Table:
         """The input columns the task reads, for the item's rows."""
-        return read_rows(self.sources[item.source_index], item.start, item.stop, self.config.input.columns)
+        source = self.sources[item.source_index]
+        with reading(source.uri):
+            return read_rows(source, item.start, item.stop, self.config.input.columns)
 
     def known_problems(self, item: WorkItem) -> dict[int, str]:
         """Problems found before work in this item's rows, by row offset within the item."""
@@ -96,7 +109,8 @@ class Job:
         """A worker's part for the item; returns its generated tokens."""
         self.check_models(set(pc.unique(table["model_fingerprint"]).to_pylist()) - {None})
         errors = table.num_rows - pc.sum(pc.equal(table["status"], "ok")).as_py()
-        self.run.write_part(item, table, {"status": "done", "attempts": attempts, "error_rows": errors})
+        with writing(self.run.root):
+            self.run.write_part(item, table, {"status": "done", "attempts": attempts, "error_rows": errors})
         return pc.sum(table["generated_tokens"]).as_py() or 0
 
     def write_failure(self, item: WorkItem, rows: pa.Table, error: str, attempts: int) -> None:
@@ -106,7 +120,8 @@ class Job:
                   "config_fingerprint": self.fingerprint, "attempt": attempts}
         table = error_part(item, rows, cfg.input.id_column, error, common, self.schema,
                            list(cfg.input.passthrough_columns))
-        self.run.write_part(item, table, {"status": "failed", "attempts": attempts, "error": error})
+        with writing(self.run.root):
+            self.run.write_part(item, table, {"status": "failed", "attempts": attempts, "error": error})
 
     def done_items(self) -> int:
         return sum(self.run.is_done(it) for it in self.plan)
@@ -126,6 +141,7 @@ class Job:
         if done or not self.plan:
             summary.update(summarize_table(self.run.read(done), self.config.task))
         if summary["complete"]:
-            self.run.finish(summary)
+            with writing(self.run.root):
+                self.run.finish(summary)
         log.info("run %s: %d/%d items done", self.run.root, len(done), len(self.plan))
         return summary

@@ -11,6 +11,7 @@ from typing import Iterator
 
 from .config import JobConfig
 from .dispatch import dispatch
+from .failures import FILE_ONLY, WorkerSetupError
 from .job import Job
 from .placement import check_placement
 from .plan import WorkItem
@@ -140,6 +141,11 @@ class WorkerPool:
         fresh = self.start(job.config, args) if not self.actors else set()
         infos = [self.configured(k, ref, args, k in fresh)
                  for k, ref in enumerate([a.configure.remote(*args) for a in self.actors])]
+        for info in infos:
+            if "load_error" in info:      # the same on every attempt: stop the job at once
+                line, trace = info["load_error"]
+                log.error("actor %s (pid %s): %s", info["actor_id"][:8], info["pid"], trace, extra=FILE_ONLY)
+                raise WorkerSetupError(line)
         for info in infos:
             log.info("actor %s (pid %s) on node %s, device %s, %d engine(s) built", info["actor_id"][:8],
                      info["pid"], info["node_id"][:8], info["device"], info["engines_built"])

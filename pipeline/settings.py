@@ -124,6 +124,10 @@ class ControlConfig(FrozenModel):
     @classmethod
     def _level_upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+    log_dir: str | None = Field(None, description="Local folder of each invocation's log file "
+                                "(<task>-<UTC time>-<pid>.log: every log line, with the full traceback of a "
+                                "failure that the terminal shows as one line); null: logs/ in the model cache "
+                                "(DART_CACHE_DIR, default ~/.cache/dart-pipeline).")
     retry_failed: bool = Field(False, description="Run again the items whose rows became error rows after "
                                "pool.max_attempts failed attempts (by default a rerun keeps them).")
 

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .failures import is_storage_fault, writing
 from .plan import WorkItem
 from .runlock import FileLock, LeaseLock
 from .storage import Storage, atomic_path, json_bytes, write_atomic_bytes, write_json
@@ -110,11 +111,17 @@ class RunDir:
         where = f"{self.path}/lock.json"
         self.holder = (FileLock(self.storage, where, str(self.root)) if self.storage.local
                        else LeaseLock(self.storage, where, str(self.root), lease_seconds))
-        self.holder.acquire()
+        with writing(self.root):
+            self.holder.acquire()
         try:
             yield
         finally:
-            self.holder.release()
+            try:
+                self.holder.release()
+            except Exception as err:       # the disk or store failed: the run's error says so already
+                if not is_storage_fault(err):
+                    raise
+                log.warning("run %s: its lock was not released (%s); a rerun takes it over", self.root, err)
             self.holder = None
 
     def part_path(self, item: WorkItem) -> Path | str:

@@ -7,13 +7,16 @@ import logging
 import os
 import threading
 import time
+import traceback
 from typing import Any
 
 import pyarrow as pa
 
 from .config import JobConfig
+from .failures import WorkerSetupError
 from .plan import WorkItem
 from .records import build_part, python_rows, row_ids
+from .sources import first_line
 from .tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,14 @@ class DartWorker:
         if config.pool.num_gpus_per_actor == 0:
             torch.set_num_threads(config.pool.cpus_per_actor)
         self.model_config = config.model
-        self.model, self.tokenizer = load_model(config.model)
+        try:
+            self.model, self.tokenizer = load_model(config.model)
+        except Exception as err:    # kept, not raised: Ray would print it with a native stack dump and restart us
+            self.load_error = (f"actor could not load model {config.model.source!r}: {type(err).__name__}: "
+                               f"{first_line(err, 500)}", traceback.format_exc())
+            self.actor_id, self.node_id = runtime_ids()
+            return
+        self.load_error: tuple[str, str] | None = None      # (one line, the traceback)
         self.model_fingerprint = model_fingerprint(self.model)
         self.proxies = None             # computed by the first engine that needs them, shared by the next
         self.engine = self.task = self.config = self.schema = self.config_fingerprint = None
@@ -62,7 +72,10 @@ class DartWorker:
 
     def configure(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> dict[str, Any]:
         """Run the next items under this config: a new engine and task runner over the loaded model
-        (none when the config is the current one). Refuses a config for another model. Returns describe()."""
+        (none when the config is the current one). Refuses a config for another model. Returns describe(),
+        or {"load_error": (line, traceback)} when the model could not load."""
+        if self.load_error is not None:
+            return self.describe()
         with self.idle:
             self.switch((config_json, schema, config_fingerprint))
         return self.describe()
@@ -96,6 +109,8 @@ class DartWorker:
         log.info("worker %s configured for run %s (%s)", self.actor_id, config_fingerprint, config.dart.method)
 
     def describe(self) -> dict[str, Any]:
+        if self.load_error is not None:
+            return {"load_error": self.load_error, "actor_id": self.actor_id, "pid": os.getpid()}
         return {"actor_id": self.actor_id, "node_id": self.node_id, "device": self.device,
                 "model_fingerprint": self.model_fingerprint, "pid": os.getpid(),
                 "config_fingerprint": self.config_fingerprint, "engines_built": self.engines_built}
@@ -106,6 +121,8 @@ class DartWorker:
         `known`: problems the driver found before work (row offset in the item -> error, e.g. a
         duplicate id); those rows become error rows without running. `setup`: the item's job
         (configure's arguments); None runs it under the current config."""
+        if self.load_error is not None:     # restarted by Ray, and the model did not load this time
+            raise WorkerSetupError(self.load_error[0])
         with self.idle:
             if setup is not None:
                 self.switch(setup)

@@ -1,0 +1,92 @@
+"""Failures during a run, each as one line for a person: its cause and the way forward. The run is
+left resumable by construction (parts written whole, markers last), so the way forward is a rerun."""
+from __future__ import annotations
+
+import contextlib
+import errno
+from typing import Iterator
+
+from .sources import first_line
+
+RERUN = "finished items are kept: rerun the same command to resume"
+# `extra` of a log record for the job's log file only (a traceback the terminal's one line replaces)
+FILE_ONLY = {"file_only": True}
+# errno -> what it means for a run's output, and what to do about it
+DISK_FAULTS = {
+    errno.ENOSPC: ("no space left on the device", "free space on it (or set another output.dir) and"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space on it (or set another output.dir) and"),
+    errno.EROFS: ("the file system is read-only", "make it writable (or set another output.dir) and"),
+    errno.EACCES: ("permission denied", "make it writable for this user (or set another output.dir) and"),
+    errno.EPERM: ("permission denied", "make it writable for this user (or set another output.dir) and"),
+}
+
+
+class JobFailed(RuntimeError):
+    """A failure during the run, its message the line a person reads (no traceback needed)."""
+
+
+class WorkerSetupError(JobFailed):
+    """An actor could not load the model: the same on every attempt, so the job stops at once."""
+
+
+class OutputFailed(JobFailed):
+    """Writing the run's output failed (disk full or read-only, store unreachable or refusing)."""
+
+
+class InputFailed(JobFailed):
+    """Reading an input failed during the run (its store became unreachable)."""
+
+
+def is_storage_fault(err: BaseException) -> bool:
+    """An OSError (disk, connection, permission) or an error of the object-store clients."""
+    module = type(err).__module__.split(".")[0]
+    return isinstance(err, OSError) or module in ("aiohttp", "botocore", "aiobotocore", "s3fs", "gcsfs", "fsspec")
+
+
+def storage_cause(err: BaseException) -> tuple[str, str]:
+    """(what went wrong, what to do before the rerun) for a fault of a disk or an object store."""
+    code = getattr(err, "errno", None)
+    if code in DISK_FAULTS:
+        return DISK_FAULTS[code]
+    if isinstance(err, (PermissionError,)) or "AccessDenied" in str(err) or "Forbidden" in str(err):
+        return ("access denied", "check the credentials and")
+    return (f"{type(err).__name__}: {first_line(err)}", "check that it is reachable (address, network, "
+            "credentials) and")
+
+
+@contextlib.contextmanager
+def writing(where: object) -> Iterator[None]:
+    """Faults of a disk or store while writing the run at `where` become one OutputFailed line."""
+    try:
+        yield
+    except Exception as err:
+        if not is_storage_fault(err):
+            raise
+        cause, todo = storage_cause(err)
+        raise OutputFailed(f"cannot write the run at {where}: {cause}; {todo} rerun the same command: "
+                           "finished items are kept") from err
+
+
+@contextlib.contextmanager
+def reading(uri: str) -> Iterator[None]:
+    """Faults of a disk or store while reading input `uri` become one InputFailed line."""
+    try:
+        yield
+    except Exception as err:
+        if not is_storage_fault(err):
+            raise
+        cause, todo = storage_cause(err)
+        raise InputFailed(f"cannot read input file {uri}: {cause}; {todo} rerun the same command: "
+                          "finished items are kept") from err
+
+
+def failure_line(err: BaseException) -> str:
+    """The one line for a failure during the run."""
+    if isinstance(err, JobFailed):
+        return str(err)
+    cause = getattr(err, "cause", None)      # a Ray task's error carries the exception it raised
+    if isinstance(cause, JobFailed):
+        return str(cause)
+    if cause is not None:
+        err = cause
+    return f"the run failed ({type(err).__name__}: {first_line(err)}); {RERUN}"
