@@ -44,26 +44,37 @@ def resolve_dtype(name: str, device: torch.device, ffn_shape: tuple[int, int, in
     return cached_cpu_dtype(ffn_shape, cache_dir)
 
 
-@torch.inference_mode()
-def matmul_seconds(dtype: torch.dtype, ffn_shape: tuple[int, int, int]) -> float:
-    """Seconds of the faster kernel over random [width, hidden] weights of `dtype` at MEASURED_ROWS rows,
-    summed; as many weights as a forward streams, up to MEASURED_BYTES of them."""
+def ffn_weights(dtype: torch.dtype, ffn_shape: tuple[int, int, int]) -> list[torch.Tensor]:
+    """Random [width, hidden] weights of `dtype`: as many as a forward streams, up to MEASURED_BYTES."""
     layers, width, hidden = ffn_shape
     count = max(1, min(layers, MEASURED_BYTES // (width * hidden * 4)))
     generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(width, hidden, generator=generator, device="cpu").to(dtype) for _ in range(count)]
-    inputs = [torch.randn(rows, hidden, generator=generator, device="cpu").to(dtype) for rows in MEASURED_ROWS]
-    kernels = [lambda x, w: F.linear(x, w)]
-    if onednn_available(torch.device("cpu")):
-        packed = {id(w): pack(w) for w in weights}
-        kernels.append(lambda x, w: linear(x, packed[id(w)]))
-    return min(sum(best_seconds(lambda x=x: [run(x, w) for w in weights]) for x in inputs) for run in kernels)
+    return [torch.randn(width, hidden, generator=generator, device="cpu").to(dtype) for _ in range(count)]
+
+
+@torch.inference_mode()
+def matmul_seconds(ffn_shape: tuple[int, int, int]) -> dict[torch.dtype, float]:
+    """Per dtype (float32, bfloat16), seconds of its faster kernel (torch's, oneDNN's packed) over
+    `ffn_weights` at MEASURED_ROWS rows, summed; every variant measured in alternation."""
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        weights = ffn_weights(dtype, ffn_shape)
+        for rows in MEASURED_ROWS:
+            x = torch.zeros(rows, ffn_shape[2], dtype=dtype, device="cpu").normal_()
+            runs[(dtype, rows, "torch")] = lambda x=x, ws=weights: [F.linear(x, w) for w in ws]
+            if onednn_available(torch.device("cpu")):
+                packed = [pack(w) for w in weights]
+                runs[(dtype, rows, "onednn")] = lambda x=x, ps=packed: [linear(x, p) for p in ps]
+    seconds = best_seconds(runs)
+    kernels = {kernel for _, _, kernel in seconds}
+    return {dtype: min(sum(seconds[(dtype, rows, kernel)] for rows in MEASURED_ROWS) for kernel in kernels)
+            for dtype in (torch.float32, torch.bfloat16)}
 
 
 def measured_cpu_dtype(ffn_shape: tuple[int, int, int]) -> torch.dtype:
     """bfloat16 if its matmuls take at most AUTO_MAX_TIME_FRACTION of float32's, else float32."""
-    float32 = matmul_seconds(torch.float32, ffn_shape)
-    bfloat16 = matmul_seconds(torch.bfloat16, ffn_shape)
+    seconds = matmul_seconds(ffn_shape)
+    float32, bfloat16 = seconds[torch.float32], seconds[torch.bfloat16]
     choice = torch.bfloat16 if bfloat16 <= AUTO_MAX_TIME_FRACTION * float32 else torch.float32
     log.info("model dtype auto -> %s: bfloat16 matmuls %.1f ms, float32 %.1f ms (FFN %s, %d thread(s), %s)",
              choice, bfloat16 * 1e3, float32 * 1e3, ffn_shape, torch.get_num_threads(), cpu_model() or "CPU")

@@ -11,8 +11,9 @@ import torch
 from . import budget, scoring
 from .accounting import FfnExecution, ModelShape
 from .batch import DecodeBatch
-from .compact import FfnPlan, GatherCache
+from .compact import FfnPlan
 from .config import DartConfig, GenerationConfig
+from .gather import GatherCache
 from .kernels import Routing, choose_kernel, route_linears
 from .kv_cache import growing_cache
 from .model_config import cache_root
@@ -73,14 +74,14 @@ class DartEngine:
         return int(pad if pad is not None else next(iter(self.eos_ids), 0))
 
     def close(self) -> None:
-        """Restore the unpatched model."""
+        """Restore the unpatched model and free the engine's weight copies."""
+        self._gather.close()
         self._routing.undo()
         unpatch_model(self.model, self._handles)
         self._handles = []
 
     def release_gathered(self) -> None:
-        """Free the FFN weights gathered for the last forward's mask sets (kept so that a decode loop
-        gathers once per mask set); a later forward gathers again if it needs them."""
+        """Free the FFN weights gathered for the last mask sets; a later forward gathers again if need be."""
         self._gather.clear()
 
     def new_state(self, trace: bool = False) -> SequenceState:

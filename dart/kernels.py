@@ -107,14 +107,17 @@ def route_linears(model: nn.Module, layers: nn.ModuleList) -> Routing:
     return Routing(swapped)
 
 
-def best_seconds(run: Callable[[], object], reps: int = 3) -> float:
-    """The fastest of `reps` timed calls of `run`, after one untimed call."""
-    run()
-    best = float("inf")
-    for _ in range(reps):
-        began = time.perf_counter()
+def best_seconds(runs: dict[str, Callable[[], object]], reps: int = 5) -> dict[str, float]:
+    """The fastest of `reps` timed calls of each run, after one untimed call each. The runs alternate, so
+    a machine busy for a while slows them alike instead of deciding a verdict."""
+    for run in runs.values():
         run()
-        best = min(best, time.perf_counter() - began)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(reps):
+        for name, run in runs.items():
+            began = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - began)
     return best
 
 
@@ -126,8 +129,9 @@ def measured_choice(weights: list[torch.Tensor]) -> str:
     packed = [pack(w) for w in weights]
     first = weights[0]
     inputs = [torch.randn(rows, first.shape[1], dtype=first.dtype, device=first.device) for rows in MEASURED_ROWS]
-    plain = sum(best_seconds(lambda x=x: [F.linear(x, w) for w in weights]) for x in inputs)
-    onednn = sum(best_seconds(lambda x=x: [linear(x, p) for p in packed]) for x in inputs)
+    seconds = [best_seconds({"torch": lambda x=x: [F.linear(x, w) for w in weights],
+                             "onednn": lambda x=x: [linear(x, p) for p in packed]}) for x in inputs]
+    plain, onednn = (sum(s[name] for s in seconds) for name in ("torch", "onednn"))
     choice = "onednn" if onednn <= AUTO_MAX_TIME_FRACTION * plain else "torch"
     log.info("linear kernel %s: oneDNN packed %.2f ms, torch %.2f ms on %d %s weights at %s rows", choice,
              onednn * 1e3, plain * 1e3, len(weights), tuple(first.shape), "/".join(map(str, MEASURED_ROWS)))

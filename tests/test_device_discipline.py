@@ -56,7 +56,7 @@ class HostSyncs(TorchDispatchMode):
         self.counts: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
+        name = func.name().split(".")[0]     # aten::index.Tensor -> aten::index
         if name in SYNC_OPS:
             self.counts[name] += 1
         if name == "aten::index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
