@@ -47,15 +47,15 @@ def engine_proxies(model, fingerprint: str | None) -> Proxies:
     return load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
 
 
-def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO):
-    """Logging, torch threads, the embedded SmolLM2 and its proxies: what every CPU bench starts with.
-    Returns (model, tokenizer, proxies)."""
+def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO, dtype: str = "auto"):
+    """Logging, torch threads, the embedded SmolLM2 (in `dtype`: auto is the machine's native one) and
+    its proxies: what every bench starts with. Returns (model, tokenizer, proxies)."""
     from dart.loading import load_model, model_fingerprint
     from dart.model_config import ModelConfig
 
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     set_threads(threads)
-    model, tokenizer = load_model(ModelConfig(device=device))
+    model, tokenizer = load_model(ModelConfig(device=device, dtype=dtype))
     return model, tokenizer, engine_proxies(model, model_fingerprint(model))
 
 
@@ -219,6 +219,63 @@ def write_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 def machine() -> str:
     import platform
 
+    from dart.kernels import cpu_model
+
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s) (torch {torch.__version__})"
+    return (f"{cpu_model() or platform.machine()} CPU ({cpu_flags()}), {torch.get_num_threads()} torch thread(s) "
+            f"(torch {torch.__version__})")
+
+
+def cpu_flags() -> str:
+    """The CPU's bfloat16 features: what decides whether bfloat16 runs natively."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return "flags unknown"
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return "+".join(native) if native else "no native bf16"
+
+
+def dtype_argument(parser) -> None:
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="model dtype (auto: the machine's native one, as model.dtype: auto picks)")
+
+
+def engine_kernel(model, setting: str = "auto") -> str:
+    """The Linear kernel an engine on `model` runs under `dart.linear_kernel: setting` (auto: measured once)."""
+    from dart import kernels
+
+    return kernels.choose_kernel(setting, [layer.mlp.gate_proj.weight for layer in decoder_layers(model)],
+                                 model.config.hidden_size, kernels_cache())
+
+
+def kernels_cache() -> Path:
+    from dart.model_config import cache_root
+
+    return cache_root() / "kernels"
+
+
+def cut_sibling(model: torch.nn.Module, keep: float, seed: int = 0, kernel: str = "torch") -> torch.nn.Module:
+    """The bound of a sparsity: a sibling of `model` whose every FFN keeps a fixed random `keep` of its
+    neurons physically (smaller Linears, same dtype), on the engines' Linear kernel."""
+    from dart import kernels
+
+    cut = sibling(model)
+    generator = torch.Generator().manual_seed(seed)
+    for layer in decoder_layers(cut):
+        width = layer.mlp.gate_proj.out_features
+        kept = torch.randperm(width, generator=generator)[:round(keep * width)].sort().values
+        for name in ("gate_proj", "up_proj"):
+            setattr(layer.mlp, name, cut_linear(getattr(layer.mlp, name).weight[kept]))
+        layer.mlp.down_proj = cut_linear(layer.mlp.down_proj.weight[:, kept])
+    if kernel == "onednn":
+        kernels.route_linears(cut, decoder_layers(cut))
+    return cut
+
+
+def cut_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    linear.weight = torch.nn.Parameter(weight.contiguous(), requires_grad=False)
+    return linear

@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=1, help="pairs of runs (each pair alternates the order)")
     parser.add_argument("--blockwise-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of the block-wise side only (repeatable)")
+    common.dtype_argument(parser)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the job config (both sides)")
     args = parser.parse_args(argv)
+    args.overrides = [f"model.dtype={args.dtype}", *args.overrides]
     plan = sides(args.blockwise_set)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     runs: dict[str, list[dict]] = {side: [] for side in plan}
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     common.write_table(
         f"Bench 7: summarize job end to end, {config.input.paths}, {config.dart.method} keep "
         f"{config.dart.keep_ratio} (block-wise side also {args.blockwise_set or 'as configured'}), "
-        f"{config.pool.num_actors} actors, {2 * args.reps} runs per side, {common.machine()}",
+        f"{config.pool.num_actors} actors, {2 * args.reps} runs per side, model dtype {args.dtype} "
+        f"(ran {runs[next(iter(plan))][-1].get('model_dtype', '?')}), {common.machine()}",
         ["side", "documents/s", "vs decode-only", "FFN FLOPs executed / dense", "prompt sparsity",
          "generated sparsity", "ROUGE-L"], rows)
 

@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    common.dtype_argument(parser)
     args = parser.parse_args(argv)
-    model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
+    model, tokenizer, proxies = common.load_embedded(args.threads, args.device, dtype=args.dtype)
     start = time.perf_counter()
     rows = run(model, tokenizer, common.document_prompts(tokenizer, 1, args.prompt_tokens), args, proxies,
                model.get_input_embeddings().weight.device)
-    common.write_table(f"Bench 2: DART bookkeeping overhead, SmolLM2-135M-Instruct, batch 1, {common.machine()}, "
+    common.write_table(f"Bench 2: DART bookkeeping overhead, SmolLM2-135M-Instruct {model.dtype}, batch 1, "
+                       f"{common.machine()}, linear kernel {common.engine_kernel(model)}, "
                        f"{args.tokens} tokens x {args.reps} reps (median per-token ratios; "
                        f"{time.perf_counter() - start:.0f} s)", HEADER, rows)
 

@@ -46,18 +46,10 @@ class CutFfnPrefill:
 
     def __init__(self, model, keep: float, first_block_tokens: int, block_tokens: int, seed: int = 0,
                  kernel: str = "torch") -> None:
-        self.model, self.cut = common.sibling(model), common.sibling(model)
+        self.model, self.cut = common.sibling(model), common.cut_sibling(model, keep, seed, kernel)
         self.first_block_tokens, self.block_tokens = first_block_tokens, block_tokens
-        generator = torch.Generator().manual_seed(seed)
-        for layer in decoder_layers(self.cut):
-            width = layer.mlp.gate_proj.out_features
-            kept = torch.randperm(width, generator=generator)[:round(keep * width)].sort().values
-            for name in ("gate_proj", "up_proj"):
-                setattr(layer.mlp, name, cut_linear(getattr(layer.mlp, name).weight[kept]))
-            layer.mlp.down_proj = cut_linear(layer.mlp.down_proj.weight[:, kept])
         if kernel == "onednn":              # the engines' kernel, so the bound differs in its FFN alone
-            for sibling in (self.model, self.cut):
-                kernels.route_linears(sibling, decoder_layers(sibling))
+            kernels.route_linears(self.model, decoder_layers(self.model))
 
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], device: torch.device) -> tuple[float, None]:
@@ -73,12 +65,6 @@ class CutFfnPrefill:
         self.model.lm_head(hidden[:, -1])
         common.synchronize(device)
         return time.perf_counter() - start, None
-
-
-def cut_linear(weight: torch.Tensor) -> torch.nn.Linear:
-    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
-    linear.weight = torch.nn.Parameter(weight.contiguous(), requires_grad=False)
-    return linear
 
 
 def prefill_once(engine, prompts: list[list[int]], device: torch.device) -> tuple[float, list]:
@@ -145,13 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-tokens", type=int, default=224, help="each later (pruned) block")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    common.dtype_argument(parser)
     parser.add_argument("--linear-kernel", default="auto", choices=["auto", "torch", "onednn"],
                         help="dart.linear_kernel of every side, the bounds included (auto: measured once)")
     args = parser.parse_args(argv)
-    model, tokenizer, proxies = common.load_embedded(args.threads, args.device)
+    model, tokenizer, proxies = common.load_embedded(args.threads, args.device, dtype=args.dtype)
     device = model.get_input_embeddings().weight.device
-    kernel = kernels.choose_kernel(args.linear_kernel, [layer.mlp.gate_proj.weight for layer in decoder_layers(model)],
-                                   model.config.hidden_size)
+    kernel = common.engine_kernel(model, args.linear_kernel)
     configs = variants(args.sparsity, args.first_block_tokens, args.block_tokens, kernel)
     bounds = {bound_name(s): CutFfnPrefill(model, 1 - s, args.first_block_tokens, args.block_tokens, kernel=kernel)
               for s in args.sparsity}

@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .kernels import best_seconds, cpu_model, linear, onednn_available, pack, read_verdict, write_verdict
+from .kernels import best_seconds, cpu_model, faster, linear, onednn_available, pack, read_verdict, write_verdict
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# auto takes bfloat16 only when it takes at most this fraction of float32's time.
-AUTO_MAX_TIME_FRACTION = 0.8
 MEASURED_ROWS = (4, 256)          # a decode step of a batch, a prompt block
 MEASURED_BYTES = 96 * 2**20       # float32 weights streamed per measurement: more than any CPU cache
 # Below this hidden size a matmul is mostly call overhead: auto keeps float32 without measuring.
@@ -53,9 +51,9 @@ def ffn_weights(dtype: torch.dtype, ffn_shape: tuple[int, int, int]) -> list[tor
 
 
 @torch.inference_mode()
-def matmul_seconds(ffn_shape: tuple[int, int, int]) -> dict[torch.dtype, float]:
-    """Per dtype (float32, bfloat16), seconds of its faster kernel (torch's, oneDNN's packed) over
-    `ffn_weights` at MEASURED_ROWS rows, summed; every variant measured in alternation."""
+def matmul_seconds(ffn_shape: tuple[int, int, int]) -> dict[tuple[torch.dtype, int], float]:
+    """Per (dtype, rows), seconds of the dtype's faster kernel (torch's, oneDNN's packed) over
+    `ffn_weights`, at each of MEASURED_ROWS rows; every variant measured in alternation."""
     runs = {}
     for dtype in (torch.float32, torch.bfloat16):
         weights = ffn_weights(dtype, ffn_shape)
@@ -67,17 +65,18 @@ def matmul_seconds(ffn_shape: tuple[int, int, int]) -> dict[torch.dtype, float]:
                 runs[(dtype, rows, "onednn")] = lambda x=x, ps=packed: [linear(x, p) for p in ps]
     seconds = best_seconds(runs)
     kernels = {kernel for _, _, kernel in seconds}
-    return {dtype: min(sum(seconds[(dtype, rows, kernel)] for rows in MEASURED_ROWS) for kernel in kernels)
-            for dtype in (torch.float32, torch.bfloat16)}
+    return {(dtype, rows): min(seconds[(dtype, rows, kernel)] for kernel in kernels)
+            for dtype in (torch.float32, torch.bfloat16) for rows in MEASURED_ROWS}
 
 
 def measured_cpu_dtype(ffn_shape: tuple[int, int, int]) -> torch.dtype:
-    """bfloat16 if its matmuls take at most AUTO_MAX_TIME_FRACTION of float32's, else float32."""
+    """bfloat16 if its matmuls are `faster` than float32's (each on its faster kernel), else float32."""
     seconds = matmul_seconds(ffn_shape)
-    float32, bfloat16 = seconds[torch.float32], seconds[torch.bfloat16]
-    choice = torch.bfloat16 if bfloat16 <= AUTO_MAX_TIME_FRACTION * float32 else torch.float32
-    log.info("model dtype auto -> %s: bfloat16 matmuls %.1f ms, float32 %.1f ms (FFN %s, %d thread(s), %s)",
-             choice, bfloat16 * 1e3, float32 * 1e3, ffn_shape, torch.get_num_threads(), cpu_model() or "CPU")
+    ratios = [seconds[(torch.bfloat16, rows)] / seconds[(torch.float32, rows)] for rows in MEASURED_ROWS]
+    choice = torch.bfloat16 if faster(ratios) else torch.float32
+    log.info("model dtype auto -> %s: bfloat16 takes %s of float32's matmul time at %s rows (FFN %s, "
+             "%d thread(s), %s)", choice, "/".join(f"{r:.2f}" for r in ratios), "/".join(map(str, MEASURED_ROWS)),
+             ffn_shape, torch.get_num_threads(), cpu_model() or "CPU")
     return choice
 
 
@@ -87,7 +86,7 @@ def verdict_path(ffn_shape: tuple[int, int, int], cache_dir: Path) -> Path | Non
     if not cpu:
         return None
     key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "ffn": list(ffn_shape), "rows": MEASURED_ROWS, "max_fraction": AUTO_MAX_TIME_FRACTION}
+           "ffn": list(ffn_shape), "rows": MEASURED_ROWS, "rule": "faster-v1"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir / f"dtype-{digest}.json"
 

@@ -53,5 +53,6 @@ def test_an_unreadable_verdict_is_measured_again(tmp_path, monkeypatch):
 
 def test_measurement_times_both_dtypes_on_the_model_shape():
     seconds = dtypes.matmul_seconds((2, 512, 256))
-    assert set(seconds) == {torch.float32, torch.bfloat16} and all(s > 0 for s in seconds.values())
+    assert set(seconds) == {(d, r) for d in (torch.float32, torch.bfloat16) for r in dtypes.MEASURED_ROWS}
+    assert all(s > 0 for s in seconds.values())
     assert dtypes.measured_cpu_dtype((2, 512, 256)) in (torch.float32, torch.bfloat16)
