@@ -31,17 +31,20 @@ def check_inputs(inp: InputConfig, output_dir: str) -> list[SourceFile]:
 
 
 def column_hint(inp: InputConfig, missing: list[str]) -> str:
-    """How to run without the first missing column, by the input key that names it."""
-    column = missing[0]
+    """How to run without each missing column, by the input key that names it."""
+    return "".join(f"; {missing_column_hint(inp, column)}" for column in missing)
+
+
+def missing_column_hint(inp: InputConfig, column: str) -> str:
     if column == inp.reference_column:
-        return ("; to run without references (no quality metric) set input.reference_column=null, or set it to "
+        return ("to run without references (no quality metric) set input.reference_column=null, or set it to "
                 "the column that holds them")
     if column == inp.id_column:
-        return "; set input.id_column=null to derive ids '<file>#<row>', or set it to the id column"
+        return "set input.id_column=null to derive ids '<file>#<row>', or set it to the id column"
     if column in inp.passthrough_columns:
-        return "; remove it from input.passthrough_columns"
+        return f"remove {column!r} from input.passthrough_columns"
     key = next(k for k in ("text_column", "question_column", "choices_column") if getattr(inp, k) == column)
-    return f"; set input.{key} to the column that holds it"
+    return f"set input.{key} to the column that holds it"
 
 
 def local_path(uri: str) -> Path | None:
