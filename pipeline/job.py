@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pyarrow as pa
@@ -55,7 +56,7 @@ class Job:
         """Check every input, plan the items, open (or resume) the run directory."""
         inp = config.input
         check_model(config)
-        check_hub_source(config.model)
+        check_hub_source(config.model, local_actors=not (config.pool.ray_address or os.environ.get("RAY_ADDRESS")))
         sources = check_inputs(inp, config.output.dir)
         plan = plan_items(sources, inp.rows_per_item, inp.limit)
         job = cls(config, sources, plan, find_duplicate_ids(sources, plan, inp.id_column))
