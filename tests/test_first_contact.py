@@ -92,11 +92,21 @@ def test_files_that_are_not_parquet_are_refused_by_name(refused, tmp_path, name,
     assert says in refused([f"input.paths=[{tmp_path / 'text'}]"])       # found in a directory too
 
 
-def test_unknown_model_name_suggests_the_embedded_one(refused, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    line = refused(["model.source=smollm2-135m"])
-    assert "not in the local cache" in line or "none of that id is in the local cache" in line
-    assert "did you mean 'smollm2-135m-instruct'" in line
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_unknown_model_name_suggests_the_embedded_one(refused, monkeypatch, hub):
+    if hub == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:                                  # asked, the hub cannot be reached; the actors would run here
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.setattr("huggingface_hub.model_info", unreachable)
+    line = refused(["model.source=SmolLM2-135M"])
+    says = "none of that id is in the local cache" if hub == "offline" else "the hub cannot be reached"
+    assert says in line and "did you mean 'smollm2-135m-instruct'" in line
+
+
+def unreachable(*args, **kwargs):
+    raise ConnectionError("[Errno -2] Name or service not known")
 
 
 def test_typo_in_a_section_name_suggests_the_nearest_key(refused, tmp_path):
@@ -105,6 +115,13 @@ def test_typo_in_a_section_name_suggests_the_nearest_key(refused, tmp_path):
     line = refused([], str(config))
     assert "inptu: Extra inputs are not permitted; did you mean input?" in line
     assert "did you mean dart.keep_ratio?" in refused(["dart.keepratio=0.3"])
+
+
+def test_typo_in_a_study_section_suggests_the_nearest_key(capsys):
+    from jobs.study import main as study_main
+
+    assert study_main(["--config", str(ROOT / "conf/study_xsum.yaml"), "stduy.limit=2"]) == 2
+    assert "stduy: Extra inputs are not permitted; did you mean study?" in error_line(capsys.readouterr().err)
 
 
 def test_dense_baseline_of_a_blockwise_config_runs_dense():

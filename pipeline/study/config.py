@@ -141,6 +141,6 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(validation_message("study config", err)) from None
+        raise ValueError(validation_message("study config", err, StudyConfig)) from None
     expand(study)   # every cell validates before anything runs
     return study
