@@ -74,18 +74,25 @@ def run(config: JobConfig, log_file: Path | None) -> int:
     """The job under the invocation's logging; every failure ends in one `error:` line."""
     try:
         summary = run_job(config)
-    except ValueError as err:   # bad input or config found before any work
-        sys.stderr.write(f"error: {err}\n")
-        return 2
-    except KeyboardInterrupt as err:
-        return stopped(err)
-    except Exception as err:    # during the run: one line here, the traceback in the log file
-        log.error("the run failed", exc_info=True, extra=FILE_ONLY)
-        where = f" (full log: {log_file})" if log_file is not None else ""
-        sys.stderr.write(f"error: {failure_line(err)}{where}\n")
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        return failed(err, log_file)
     sys.stdout.write(closing_text(summary))
     return 0
+
+
+def failed(err: BaseException, log_file: Path | None) -> int:
+    """One line for what stopped a run, and its exit code: 2 for a ValueError (the config or the inputs,
+    found before any work), 130/143 for a signal, 1 for a failure during the run (whose traceback goes
+    to the log file only)."""
+    if isinstance(err, KeyboardInterrupt):
+        return stopped(err)
+    if isinstance(err, ValueError):
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    log.error("the run failed", exc_info=err, extra=FILE_ONLY)
+    where = f" (full log: {log_file})" if log_file is not None else ""
+    sys.stderr.write(f"error: {failure_line(err)}{where}\n")
+    return 1
 
 
 def stopped(err: KeyboardInterrupt) -> int:

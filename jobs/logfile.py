@@ -39,11 +39,11 @@ def not_file_only(record: logging.LogRecord) -> bool:
     return not getattr(record, "file_only", False)
 
 
-def log_path(config: JobConfig) -> Path:
-    """<control.log_dir or the model cache's logs/>/<task>-<UTC time>-<pid>.log"""
-    folder = Path(config.control.log_dir).expanduser() if config.control.log_dir else cache_root() / "logs"
+def log_path(name: str, log_dir: str | None) -> Path:
+    """<control.log_dir or the model cache's logs/>/<name>-<UTC time>-<pid>.log"""
+    folder = Path(log_dir).expanduser() if log_dir else cache_root() / "logs"
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return folder / f"{config.task}-{stamp}-{os.getpid()}.log"
+    return folder / f"{name}-{stamp}-{os.getpid()}.log"
 
 
 def open_log_file(path: Path) -> logging.Handler | None:
@@ -58,19 +58,24 @@ def open_log_file(path: Path) -> logging.Handler | None:
     return handler
 
 
+def job_logging(config: JobConfig) -> contextlib.AbstractContextManager[Path | None]:
+    """invocation_logging for a job: named after its task, control.log_level and control.log_dir."""
+    return invocation_logging(config.task, config.control.log_level, config.control.log_dir)
+
+
 @contextlib.contextmanager
-def job_logging(config: JobConfig) -> Iterator[Path | None]:
-    """Root logging at control.log_level to the terminal and to the log file, for one invocation;
-    yields the log file's path (None when it could not be opened). Handlers are removed after."""
+def invocation_logging(name: str, level: str, log_dir: str | None) -> Iterator[Path | None]:
+    """Root logging at `level` to the terminal and to the log file, for one invocation; yields the
+    log file's path (None when it could not be opened). Handlers are removed after."""
     root = logging.getLogger()
     terminal = logging.StreamHandler(sys.stderr)
     terminal.setFormatter(TerminalFormatter(FORMAT))
     terminal.addFilter(not_file_only)
-    path = log_path(config)
+    path = log_path(name, log_dir)
     file = open_log_file(path)
     handlers = [h for h in (terminal, file) if h is not None]
     saved_level = root.level
-    root.setLevel(config.control.log_level)
+    root.setLevel(level)
     for handler in handlers:
         root.addHandler(handler)
     try:

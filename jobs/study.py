@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from jobs.cli import stopped
+from jobs.cli import failed
+from jobs.logfile import invocation_logging
 from pipeline.study import load_study, run_study
 from pipeline.study.report import results_table
 
@@ -33,15 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
-    level = study.base.get("control", {}).get("log_level", "INFO")
-    logging.basicConfig(level=str(level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        out = run_study(study, report_only=args.report_only)
-    except ValueError as err:
-        log.error("%s", err)
-        return 2
-    except KeyboardInterrupt as err:
-        return stopped(err)
+    control = study.base.get("control", {})
+    level = str(control.get("log_level", "INFO")).upper()
+    with invocation_logging("study", level, control.get("log_dir")) as log_file:
+        try:
+            out = run_study(study, report_only=args.report_only)
+        except (Exception, KeyboardInterrupt) as err:
+            return failed(err, log_file)
     state = "complete" if out["complete"] else "incomplete (rerun to resume)"
     sys.stdout.write(f"study {state}: {out['study_dir']} ({out['configs']} configs, {out['wall_seconds']:.0f} s)\n"
                      f"report: {out['report']}\nplots: {', '.join(out['plots'])}\n\n{results_table(out['summary'])}\n")
