@@ -83,6 +83,45 @@ def test_model_that_cannot_load_stops_the_job_at_once(ray_cluster, capsys, tiny_
     assert not list((tmp_path / "out").glob("*/markers/*.json"))
 
 
+def test_a_worker_keeps_its_load_error_and_a_restarted_one_stops_the_job(tiny_model_dir, inputs, tmp_path):
+    """In-process: the actor answers configure with its load error (Ray would print a raised one with
+    a native stack dump and restart the actor); an item sent to a restarted actor that failed to load
+    raises WorkerSetupError, which dispatch raises at once instead of retrying."""
+    import ray
+
+    from pipeline.config import load_config
+    from pipeline.dispatch import dispatch
+    from pipeline.failures import WorkerSetupError
+    from pipeline.job import Job
+    from pipeline.worker import DartWorker
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    job = Job.open(load_config(None, job_args(broken, inputs, str(tmp_path / "out"), tmp_path / "logs"),
+                               task="summarize"))
+    worker = DartWorker(*job.worker_args())
+    line, trace = worker.configure(*job.worker_args())["load_error"]
+    assert line.startswith(f"actor could not load model '{broken}': ") and "Traceback" in trace
+    with pytest.raises(WorkerSetupError, match="actor could not load model"):
+        worker.run_item(job.plan[0], job.rows(job.plan[0]), 1)
+
+    class Restarted:                        # what ray.wait/ray.get see from such an actor's item
+        class run_item:
+            @staticmethod
+            def remote(*args):
+                return "ref"
+
+    error = ray.exceptions.RayTaskError("run_item", "tb", WorkerSetupError(line))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray, "wait", lambda refs, num_returns: (refs[:1], refs[1:]))
+        patch.setattr(ray, "get", lambda ref: (_ for _ in ()).throw(error))
+        with pytest.raises(WorkerSetupError, match="actor could not load model"):
+            dispatch(job, job.plan, [Restarted()], None)
+    assert not list((tmp_path / "out").glob("*/markers/*.json"))        # no item written as failed
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 64 MiB tmpfs of our own (root only), unmounted after the test."""
