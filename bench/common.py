@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from dart.config import DartConfig
 from dart.engine import DartEngine
+from dart.kv_cache import growing_cache
 from dart.patch import decoder_layers
 from dart.proxies import Proxies, load_or_compute
 
@@ -90,16 +91,17 @@ def synchronize(device: torch.device) -> None:
 
 
 class HfDecoder:
-    """Greedy decode with the unpatched Hugging Face model: the true dense cost."""
+    """Greedy decode with the unpatched Hugging Face model: the true dense cost. With `growing`, on the
+    engine's KV cache (dart.kv_cache), so that a bound differs from the engine in its FFN alone."""
 
-    def __init__(self, model) -> None:
-        self.model = model
+    def __init__(self, model, growing: bool = False) -> None:
+        self.model, self.growing = model, growing
         self.device = model.get_input_embeddings().weight.device
 
     @torch.inference_mode()
     def start(self, prompts: list[list[int]]) -> None:
         ids = torch.tensor(prompts, device=self.device)
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = growing_cache(self.model.config) if self.growing else DynamicCache(config=self.model.config)
         self.mask = torch.ones_like(ids)
         logits = self.model(input_ids=ids, attention_mask=self.mask, cache=self.cache, use_cache=True,
                             logits_to_keep=1).logits

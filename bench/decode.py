@@ -2,7 +2,7 @@
 several applied sparsities, batch 1 and 8, as ratios to `dense` measured side by side.
 
 Beside each sparsity runs its bound: the unpatched model with its FFN physically cut to a fixed random
-subset of that size (same dtype and Linear kernel as the engines), decoding the same prompts; `vs bound`
+subset of that size (same dtype, Linear kernel and KV cache as the engines), decoding the same prompts; `vs bound`
 is the speed of `dart auto` over it.
 
     python -m bench.decode [--tokens 64 --reps 2 --batch 1 8 --sparsity 0.3 0.5 0.7 --dtype auto]
@@ -36,7 +36,7 @@ def run(model, tokenizer, prompts_of, args, proxies, device, kernel: str) -> lis
     rows = []
     for batch in args.batch:
         decoders = common.engines(model, tokenizer, variants(args.sparsity, kernel), proxies)
-        decoders |= {bound_name(s): common.HfDecoder(common.cut_sibling(model, 1 - s, kernel=kernel))
+        decoders |= {bound_name(s): common.HfDecoder(common.cut_sibling(model, 1 - s, kernel=kernel), growing=True)
                      for s in args.sparsity}
         try:
             timings = common.interleave(decoders, prompts_of(batch), args.tokens, args.reps, device)

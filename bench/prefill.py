@@ -21,11 +21,11 @@ import statistics
 import time
 
 import torch
-from transformers import DynamicCache
 
 from bench import common
 from dart import kernels
 from dart.config import DartConfig, PrefillConfig
+from dart.kv_cache import growing_cache
 from dart.patch import decoder_layers
 
 
@@ -56,7 +56,7 @@ class CutFfnPrefill:
         ids = torch.tensor(prompts, device=device)
         starts = PrefillConfig(mode="blockwise", block_tokens=self.block_tokens,
                                first_block_tokens=self.first_block_tokens).starts(ids.shape[1])
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config)      # the engines' KV cache
         common.synchronize(device)
         start = time.perf_counter()
         for i, (begin, end) in enumerate(zip(starts, starts[1:] + [ids.shape[1]])):

@@ -40,16 +40,20 @@ from .patch import DartMLP
 # auto takes a gathered path only below this fraction of the dense FFN bytes: the masked path's
 # multiply is nearly free, a gathered forward adds per-layer index work and the gather itself.
 AUTO_MAX_FRACTION = 0.9
-# Cost of gathering (and packing) a set of kept weights, in decode forwards that read the same bytes.
-# Measured with SmolLM2 on CPU, 600-token contexts (bench 13, bench/README.md section 13): 4-7 at
-# batch 1, 14-24 at batch 4 (the union's); more when the copies land on fresh pages.
+# Cost of gathering (and packing) a set of kept weights, in decode forwards that read the same bytes,
+# where it is not measured (dart.gather measures it per engine, device, dtype and batch). Measured with
+# SmolLM2 on CPU in float32, 600-token contexts (bench 13, bench/README.md section 13): 4-7 at batch 1,
+# 14-24 at batch 4 (the union's); more when the copies land on fresh pages.
 GATHER_COST_IN_FORWARDS = 12.0
 
 
-def forwards_to_amortize(gathered_fraction: float) -> int:
+def forwards_to_amortize(gathered_fraction: float, cost: float = GATHER_COST_IN_FORWARDS) -> int:
     """Masked decode forwards a mask set runs before auto gathers its weights: the forwards whose
-    excess reads, (1 - f) of the dense FFN bytes each, add up to the gather's cost, a copy of f of them."""
-    return math.ceil(GATHER_COST_IN_FORWARDS * gathered_fraction / (1.0 - gathered_fraction) - 1e-9)
+    saving, proportional to the (1 - f) of the FFN bytes it skips, adds up to the gather's cost, a copy
+    of f of them (`cost`: the forwards a gather of half the neurons takes to repay)."""
+    if math.isinf(cost):
+        return 2**31 - 1              # gathering never pays: stay masked
+    return math.ceil(cost * gathered_fraction / (1.0 - gathered_fraction) - 1e-9)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,9 @@ class DartConfig(FrozenModel):
     ffn_path: FfnPath = Field("auto", description="masked multiplies by masks; compact computes only the "
                               "kept neurons (rows sharing one mask); auto picks per forward between masked, "
                               "compact and the union of the rows' kept neurons, by the weight bytes each reads.")
+    gather_cost: float | None = Field(None, gt=0, description="Under ffn_path auto, the decode forwards a gather "
+                                      "of half the neurons takes to repay; null: measured per engine, device, dtype "
+                                      "and batch size (dart/gather.py).")
     prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Dense or block-wise prompt.")
     linear_kernel: LinearKernel = Field("auto", description="Matmul kernel of the model's Linears on a CPU: "
                                         "torch's default, oneDNN on packed weights, or auto (the faster of the "

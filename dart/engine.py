@@ -59,8 +59,8 @@ class DartEngine:
         self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])   # DartMLPs' too
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
-        self._gather = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
-                                   onednn=self.kernel == "onednn")
+        self.gathers = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
+                                   onednn=self.kernel == "onednn", gather_cost=config.gather_cost)
         self.eos_ids = eos_token_ids(model, tokenizer)
 
     # ---- setup ----------------------------------------------------------------------------
@@ -75,14 +75,14 @@ class DartEngine:
 
     def close(self) -> None:
         """Restore the unpatched model and free the engine's weight copies."""
-        self._gather.close()
+        self.gathers.close()
         self._routing.undo()
         unpatch_model(self.model, self._handles)
         self._handles = []
 
     def release_gathered(self) -> None:
         """Free the FFN weights gathered for the last mask sets; a later forward gathers again if need be."""
-        self._gather.clear()
+        self.gathers.clear()
 
     def new_state(self, trace: bool = False) -> SequenceState:
         return SequenceState(self.config, self.shape, self.proxies, self.fixed_counts, self.device,
@@ -184,7 +184,7 @@ class DartEngine:
         return self._mask_cache[1]
 
     def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, counts, keep=1):
-        plan = self._gather.plan(states, phases, counts, token_mask.shape[1])
+        plan = self.gathers.plan(states, phases, counts, token_mask.shape[1])
         masks = None if plan.gathered else self._masks(states, phases)
         self.runtime.current = ForwardPass(states, phases, token_mask, counts, masks, plan.weights, plan.row_weights)
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,

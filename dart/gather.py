@@ -2,6 +2,7 @@
 the paths and their arithmetic): a decode loop gathers once per mask set, not per token."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,15 +14,19 @@ from .compact import (
     FfnPlan,
     choose_block_path,
     choose_path,
+    compact_ffn,
     forwards_to_amortize,
     gather_layer,
     union_kept,
 )
+from .kernels import best_seconds
 from .patch import DartMLP
 
 if TYPE_CHECKING:
     from .phase import ForwardPhase
     from .state import SequenceState
+
+log = logging.getLogger(__name__)
 
 
 class GatherCache:
@@ -30,12 +35,15 @@ class GatherCache:
     set has run `forwards_to_amortize` masked forwards. Under `onednn`, weights gathered for a prompt
     block stay plain and decode forwards run on packed ones."""
 
-    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, onednn: bool = False) -> None:
+    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, onednn: bool = False,
+                 gather_cost: float | None = None) -> None:
         self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, ffn_path, dtype, onednn
+        self.fixed_gather_cost = gather_cost          # None: measured
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
         self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and ffn_path != "masked"
         self._down_t: list[torch.Tensor] | None = None
+        self.measured_costs: dict[int, float] = {}
         self._key: tuple = ()
         self._plan = MASKED
         self._rows: dict[tuple[int, int], list[CompactWeights]] = {}   # rowwise: (uid, mask_version) -> weights
@@ -44,10 +52,23 @@ class GatherCache:
     def clear(self) -> None:
         self._key, self._plan, self._rows, self._waiting = (), MASKED, {}, ((), 0, 0)
 
+    def copied_bytes(self) -> int:
+        """Bytes of the transposed W_down copy this cache holds (gathered sets not counted)."""
+        return sum(t.numel() * t.element_size() for t in self._down_t or [])
+
     def close(self) -> None:
         """Free every copy: the gathered weights and the transposed W_down."""
         self.clear()
         self._down_t = None
+
+    def gather_cost(self, rows: int) -> float:
+        """A decode gather's cost in masked forwards of `rows` rows (GATHER_COST_IN_FORWARDS' unit),
+        measured once per batch size on this engine's first layer: its device, dtype and kernel."""
+        if self.fixed_gather_cost is not None:
+            return self.fixed_gather_cost
+        if rows not in self.measured_costs:
+            self.measured_costs[rows] = measured_gather_cost(self, rows)
+        return self.measured_costs[rows]
 
     def gather(self, layer: int, ids: torch.Tensor, row_mask: torch.Tensor | None = None) -> CompactWeights:
         """Layer `layer`'s kept neurons `ids`, gathered (plain weights)."""
@@ -60,8 +81,9 @@ class GatherCache:
     def plan(self, states: list[SequenceState], phases: list[ForwardPhase], counts: list[int],
              tokens: int) -> FfnPlan:
         """The FFN path of a forward (counts: each row's real tokens, from the host; tokens: the forward's
-        width). Rows without a token in it (past the end of their prompt in a block-wise prefill) take no part; a multi-token forward whose rows hold several
-        kept sets (a prompt block) is planned by the neuron-tokens each path computes."""
+        width). Rows without a token in it (past the end of their prompt in a block-wise prefill) take no
+        part; a multi-token forward whose rows hold several kept sets (a prompt block) is planned by the
+        neuron-tokens each path computes."""
         if self.ffn_path == "masked":
             return MASKED
         active = tuple(b for b, count in enumerate(counts) if count)
@@ -95,7 +117,8 @@ class GatherCache:
         if waiting_key != key:
             kept = self._kept(states, active)
             fraction = sum(int(k.numel()) for k in kept) / (len(kept) * states[0].shape.width)
-            waited, needed = 0, 0 if fraction >= AUTO_MAX_FRACTION else forwards_to_amortize(fraction)
+            needed = 0 if fraction >= AUTO_MAX_FRACTION else forwards_to_amortize(fraction, self.gather_cost(len(states)))
+            waited = 0
         if waited >= needed:
             self._waiting = ((), 0, 0)
             return False
@@ -156,3 +179,43 @@ class GatherCache:
         for b in active:
             masks[b].index_fill_(0, states[b].kept[layer].to(ids.device), 1)
         return masks[:, None, :].index_select(2, ids)
+
+
+@torch.inference_mode()
+def measured_gather_cost(cache: GatherCache, rows: int) -> float:
+    """Gathering (and, under oneDNN, packing) half of the first layer's neurons, over what a decode FFN
+    call of `rows` rows saves on it against the masked call: the forwards a gather takes to repay, at
+    half the neurons (`forwards_to_amortize` scales it to other fractions). Infinite where it saves nothing."""
+    mlp = cache.mlps[0]
+    weight = mlp.gate_proj.weight
+    width, hidden = weight.shape
+    device = weight.device
+    kept = torch.arange(0, width, 2, device=device)
+    x = torch.zeros(rows, 1, hidden, dtype=weight.dtype, device=device).normal_()
+    mask = torch.ones(rows, 1, width, dtype=weight.dtype, device=device)
+    half = cache.gather(0, kept)
+    half = half.pack() if cache.onednn else half
+
+    def timed(run):
+        def call() -> None:
+            run()
+            synchronize(device)
+        return call
+
+    def gather() -> None:
+        gathered = cache.gather(0, kept)
+        if cache.onednn:
+            gathered.pack()
+
+    seconds = best_seconds({"masked": timed(lambda: mlp.down_proj(mlp.activations(x) * mask)),
+                            "compact": timed(lambda: compact_ffn(mlp, x, half)), "gather": timed(gather)})
+    saving = seconds["masked"] - seconds["compact"]
+    cost = seconds["gather"] / saving if saving > 0 else float("inf")
+    log.info("a decode gather repays in %.1f forwards at half the neurons, %d row(s) (%s, %s)", cost, rows,
+             device, weight.dtype)
+    return cost
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -19,8 +19,10 @@ def dart_settings(dart: DartConfig) -> dict[str, Any]:
     knobs and only dart reads `drift`, so the unread ones are left out."""
     if dart.method == "dense":
         return {"method": "dense"}
-    # linear_kernel chooses how the same matmuls run, as the device does: it changes float rounding only
-    settings = dart.model_dump(mode="json", exclude={"linear_kernel"} if dart.drift_enabled else {"drift", "linear_kernel"})
+    # linear_kernel chooses how the same matmuls run, as the device does, and gather_cost when ffn_path
+    # auto gathers: they change float rounding only
+    how = {"linear_kernel", "gather_cost"}
+    settings = dart.model_dump(mode="json", exclude=how if dart.drift_enabled else how | {"drift"})
     if dart.drift_enabled:
         for knob, neutral in NEUTRAL_DRIFT_KNOBS.items():
             if settings["drift"][knob] == neutral:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dart.compact import choose_path, compact_ffn, forwards_to_amortize, gather_layer, union_kept
+from dart.compact import GATHER_COST_IN_FORWARDS, choose_path, compact_ffn, forwards_to_amortize, gather_layer, union_kept
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.accounting import ModelShape, overhead_flops
@@ -26,7 +26,9 @@ def run(tiny, cfg, batch, gen=GREEDY):
 
 
 def static(keep, path):
-    return DartConfig(method="static", budget="uniform", keep_ratio=keep, mask_step=0, ffn_path=path)
+    """A fixed gather cost (the default one) so that auto's waits do not depend on the machine."""
+    return DartConfig(method="static", budget="uniform", keep_ratio=keep, mask_step=0, ffn_path=path,
+                      gather_cost=GATHER_COST_IN_FORWARDS)
 
 
 def test_gathered_ffn_equals_masked_ffn_for_shared_and_distinct_masks(tiny):
@@ -142,3 +144,27 @@ def test_batch_bytes_are_shared_among_the_rows(tiny):
     results = run(tiny, static(0.5, "masked"), prompts(2))
     forwards = len(results[0].token_ids)
     assert results[0].telemetry.ffn_bytes_dense == 3 * D * 4 * L * N * forwards // 2
+
+
+def test_gather_cost_is_measured_once_per_batch_size_unless_given(tiny):
+    from dart.engine import DartEngine
+
+    engine = DartEngine(*tiny, DartConfig(method="static", budget="uniform", keep_ratio=0.5))
+    try:
+        gather = engine.gathers
+        cost = gather.gather_cost(2)
+        assert cost > 0 and gather.gather_cost(2) == cost and set(gather.measured_costs) == {2}
+        assert gather.copied_bytes() > 0                          # the transposed W_down of a CPU gather
+    finally:
+        engine.close()
+    assert engine.gathers.copied_bytes() == 0                  # close frees the engine's weight copies
+    fixed = DartEngine(*tiny, static(0.5, "auto"))
+    try:
+        assert fixed.gathers.gather_cost(4) == GATHER_COST_IN_FORWARDS and not fixed.gathers.measured_costs
+    finally:
+        fixed.close()
+
+
+def test_a_gather_that_never_pays_is_never_waited_out():
+    assert forwards_to_amortize(0.5, float("inf")) > 10**9
+    assert forwards_to_amortize(0.5, 3.0) == 3
