@@ -32,6 +32,7 @@ class Job:
                  duplicates: dict[tuple[int, int], str]) -> None:
         self.config, self.sources, self.plan = config, sources, plan
         self.duplicates = duplicates       # (source index, row) -> error, for rows repeating an id
+        self.model_dtypes: set[str] = set()    # the weight dtypes the actors ran
         passthrough = [sources[0].schema.field(c) for c in config.input.passthrough_columns] if sources else []
         self.schema: pa.Schema = output_schema(config.task, passthrough)
         self.fingerprint = config.fingerprint(plan_digest(plan))
@@ -96,15 +97,17 @@ class Job:
         return self.config.model_dump_json(), self.schema, self.fingerprint
 
     # ---- results -------------------------------------------------------------------------------
-    def check_models(self, fingerprints: set[str]) -> None:
-        """Refuses (ValueError) models whose weights are not those of the run's finished items."""
+    def check_models(self, fingerprints: set[str], dtypes: set[str] = frozenset()) -> None:
+        """Refuses (ValueError) models whose weights are not those of the run's finished items; `dtypes`:
+        the actors' weight dtypes (recorded, and named when the weights differ)."""
+        self.model_dtypes |= dtypes
         recorded = []
         if self.provenance.model is None:
             done = [it for it in self.plan if self.run.is_done(it)]
             if done:
                 column = self.run.read(done, columns=["model_fingerprint"]).column("model_fingerprint")
                 recorded = sorted(v for v in pc.unique(column).to_pylist() if v)
-        self.provenance.check_model(fingerprints, recorded)
+        self.provenance.check_model(fingerprints, recorded, dtypes)
 
     def write_result(self, item: WorkItem, table: pa.Table, attempts: int) -> int:
         """A worker's part for the item; returns its generated tokens."""
@@ -134,7 +137,8 @@ class Job:
         failed = sum(markers[it.item_id].get("status") == "failed" for it in done)   # every attempt failed
         summary = {"run_dir": str(self.run.root), "config_fingerprint": self.fingerprint,
                    "task": self.config.task, "planned_items": len(self.plan), "done_items": len(done),
-                   "complete": len(done) == len(self.plan), "failed_items": failed, **extra}
+                   "complete": len(done) == len(self.plan), "failed_items": failed,
+                   "model_dtype": ",".join(sorted(self.model_dtypes)) or None, **extra}
         if failed:
             summary["retry_hint"] = (f"{failed} item(s) failed all pool.max_attempts attempts and hold error "
                                      "rows; rerun with control.retry_failed=true to retry them")

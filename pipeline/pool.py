@@ -149,7 +149,7 @@ class WorkerPool:
         for info in infos:
             log.info("actor %s (pid %s) on node %s, device %s, %d engine(s) built", info["actor_id"][:8],
                      info["pid"], info["node_id"][:8], info["device"], info["engines_built"])
-        job.check_models({info["model_fingerprint"] for info in infos})
+        job.check_models({info["model_fingerprint"] for info in infos}, {info["model_dtype"] for info in infos})
         return ray.put(args)
 
     def start(self, config: JobConfig, args: WorkerSetup) -> set[int]:

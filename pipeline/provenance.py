@@ -29,6 +29,7 @@ class Provenance:
         self.run = run
         self.inputs_key, self.model_key = f"{run.path}/inputs.json", f"{run.path}/model.json"
         self.model: str | None = None        # the fingerprint this run's items are made with, once known
+        self.dtype: str | None = None        # their weights' dtype, where recorded
 
     def read(self, key: str) -> Any:
         raw = self.run.storage.read(key)
@@ -48,19 +49,27 @@ class Provenance:
         if before != now:
             self.run.storage.write(self.inputs_key, json_bytes(now))
 
-    def check_model(self, fingerprints: set[str], recorded_parts: list[str]) -> None:
+    def check_model(self, fingerprints: set[str], recorded_parts: list[str], dtypes: set[str] = frozenset()) -> None:
         """Every model answering for this run has the weights its finished items were made with.
-        recorded_parts: model fingerprints found in finished parts of a run begun before model.json."""
+        recorded_parts: model fingerprints found in finished parts of a run begun before model.json;
+        dtypes: the weight dtypes the actors run (recorded beside the fingerprint)."""
         fingerprints = {f for f in fingerprints if f}
         if not fingerprints:
             return
+        recorded = self.read(self.model_key) if self.model is None else None
         if self.model is None:
-            recorded = self.read(self.model_key)
             self.model = recorded["model_fingerprint"] if recorded else (recorded_parts or [None])[0]
+            self.dtype = (recorded or {}).get("model_dtype")
         if self.model is None:
-            self.model = next(iter(sorted(fingerprints)))
-            self.run.storage.write(self.model_key, json_bytes({"model_fingerprint": self.model}))
+            self.model, self.dtype = next(iter(sorted(fingerprints))), ",".join(sorted(dtypes)) or None
+            self.run.storage.write(self.model_key, json_bytes({"model_fingerprint": self.model,
+                                                               "model_dtype": self.dtype}))
         other = sorted(fingerprints - {self.model})
+        if other and self.dtype and dtypes and self.dtype not in dtypes:
+            raise ValueError(
+                f"this run's finished items were made with {self.dtype} weights, the actors now load "
+                f"{'/'.join(sorted(dtypes))} (model.dtype auto picks the machine's native dtype): set "
+                f"model.dtype={self.dtype} to resume it, or " + fresh_run_hint(self.run))
         if other:
             raise ValueError(
                 f"the model loaded from model.source is not the one this run's finished items were made with "

@@ -58,3 +58,16 @@ def test_weights_replaced_at_the_same_path_are_refused(ray_cluster, tmp_path):
     with pytest.raises(ValueError, match="not the one this run's finished items were made with"):
         run_job(config)
     assert Job.open(config).done_items() == 1               # nothing written with the other weights
+
+
+def test_a_run_made_in_another_dtype_names_it_and_how_to_resume(tmp_path, tiny_model_dir):
+    source = tmp_path / "docs.parquet"
+    write_plain(source, [sentence(i) for i in range(4)])
+    config = job_config("summarize", tiny_model_dir, [source], tmp_path / "out", input={"reference_column": None})
+    Job.open(config).check_models({"f32weights"}, {"float32"})
+    reopened = Job.open(config)
+    reopened.check_models({"f32weights"}, {"float32"})              # the same model: accepted
+    with pytest.raises(ValueError, match=r"made with float32 weights, the actors now load bfloat16 .*"
+                                         r"set model.dtype=float32 to resume it"):
+        Job.open(config).check_models({"bf16weights"}, {"bfloat16"})
+    assert reopened.close({})["model_dtype"] == "float32"
