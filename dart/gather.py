@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The rowwise prompt path gathers a copy of each row's kept FFN weights: together at most this many
+# times the FFN weights (at keep 0.5, four rows; Llama-3.1-8B's copy is 5.25 GiB a row), else the union.
+ROWWISE_MAX_FFN_COPIES = 2.0
+
 
 class GatherCache:
     """Plans each forward's FFN path and keeps the last gathered weights, keyed by the rows' mask
@@ -132,13 +136,17 @@ class GatherCache:
         return groups[0].kept if len(groups) == 1 else union_kept([s.kept for s in groups], groups[0].shape.width)
 
     def _block_path(self, states: list[SequenceState], active: tuple[int, ...], counts: list[int], tokens: int) -> str:
-        """masked, compact/union or rowwise for a prompt block, by neuron-tokens per layer."""
+        """masked, compact/union or rowwise for a prompt block, by neuron-tokens per layer. Rowwise keeps a
+        gathered copy per row: it is left out where the copies would outgrow ROWWISE_MAX_FFN_COPIES."""
         width, layers = states[0].shape.width, states[0].shape.num_layers
         kept_sets = list({states[b].uid: states[b].kept for b in active}.values())
         union = kept_sets[0] if len(kept_sets) == 1 else union_kept(kept_sets, width)
         padded = len(states) * tokens                   # the masked and union paths compute padding too
         costs = {"masked": padded * width, "union": padded * sum(int(k.numel()) for k in union) / layers,
                  "rowwise": sum(counts[b] * sum(int(k.numel()) for k in states[b].kept) for b in active) / layers}
+        copies = sum(sum(int(k.numel()) for k in kept) for kept in kept_sets) / (layers * width)
+        if len(kept_sets) > 1 and copies > ROWWISE_MAX_FFN_COPIES:
+            del costs["rowwise"]
         path = choose_block_path(costs, self.ffn_path)
         return "compact" if path == "union" and len(kept_sets) == 1 else path
 

@@ -168,3 +168,26 @@ def test_gather_cost_is_measured_once_per_batch_size_unless_given(tiny):
 def test_a_gather_that_never_pays_is_never_waited_out():
     assert forwards_to_amortize(0.5, float("inf")) > 10**9
     assert forwards_to_amortize(0.5, 3.0) == 3
+
+
+def test_rowwise_prompt_copies_are_capped_by_a_memory_budget(tiny):
+    from dart.config import PrefillConfig
+    from dart.engine import DartEngine
+
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1,
+                     prefill=PrefillConfig(mode="blockwise", first_block_tokens=4, block_tokens=16))
+    rows = [[5 + (i * 7 + b) % 200 for i in range(40)] for b in range(6)]   # 6 rows: 3 FFN copies at keep 0.5
+    engine = DartEngine(*tiny, cfg)
+    try:
+        states = [engine.new_state() for _ in rows]
+        engine.prefill(rows, states)
+        assert all(engine.telemetry(s, 40, 0, 0, 0).rowwise_forwards == 0 for s in states)
+    finally:
+        engine.close()
+    engine = DartEngine(*tiny, cfg)
+    try:
+        states = [engine.new_state() for _ in rows[:2]]                  # 1 copy: within the budget
+        engine.prefill(rows[:2], states)
+        assert all(engine.telemetry(s, 40, 0, 0, 0).rowwise_forwards > 0 for s in states)
+    finally:
+        engine.close()
