@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     label = f"random Llama-3.1-8B shape {shape} {dtype}, {common.machine()}"
     prompts_of = lambda b: common.random_prompts(shape["vocab"], b, args.prompt_tokens)   # noqa: E731
     args.batch, args.sparsity = [1, 8], [0.3, 0.5, 0.7]
-    rows = decode.run(model, tokenizer, prompts_of, args, proxies, device)
+    rows = decode.run(model, tokenizer, prompts_of, args, proxies, device, common.engine_kernel(model))
     common.write_table(f"Bench 1 (GPU script): decode speed, {label}, {args.tokens} tokens x {args.reps} reps",
                        decode.HEADER, rows)
     args.reps *= 2

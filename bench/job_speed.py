@@ -17,7 +17,6 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench import common
@@ -56,16 +55,14 @@ def one_job(config_path: str, overrides: list[str]) -> dict:
         config = load_config(config_path, [*overrides, "control.progress=false", f"output.dir={out}"],
                              task="summarize")
         summary = run_job(config)
-        parts = pq.read_table(Path(summary["run_dir"]) / "parts", columns=["prefill_seconds", "model_fingerprint"])
         summary["window_seconds"] = window_seconds(summary["run_dir"])
-        summary["prefill_seconds"] = pc.sum(parts.column("prefill_seconds")).as_py()
         return summary
 
 
 def side_row(name: str, runs: list[dict], base: dict[str, float]) -> list[str]:
     window = statistics.fmean(r["rows"] / r["window_seconds"] for r in runs)
     whole = statistics.fmean(r["rows"] / r["wall_seconds"] for r in runs)
-    prefill = statistics.fmean(r["prefill_seconds"] for r in runs)
+    prefill = statistics.fmean(r["prefill_seconds"] or 0.0 for r in runs)
     last = runs[-1]
     return [name, f"{window:.3f}", f"{window / base['window']:.3f}", f"{whole:.3f}", f"{whole / base['whole']:.3f}",
             f"{prefill:.1f}", f"{last.get('ffn_flops_executed_fraction') or 0:.3f}", f"{last.get('rouge_l') or 0:.3f}",
