@@ -1,10 +1,11 @@
 """Forward proxies pmax/pmean (DART_SPEC section 1): static, data-free, computed once per model and
 cached on disk, however many processes start at once (a file lock around compute-and-store).
 
-The work is L x N x d x V multiply-adds (117 TFLOP for a 1.5B Qwen2 with its 152k vocabulary). Small
-models are computed in float32; above `NATIVE_FROM_FLOPS` the products run in bf16 with float32
-accumulation where the device has native bf16 (`bench/proxies_precision.py` measures the ranking
-agreement with float32), on every core the process may use, with a progress bar.
+The work is L x N x d x V multiply-adds (2 L N d V = 117 TFLOP for a 1.5B Qwen2 with its 152k
+vocabulary). Small models are computed in float32; above `NATIVE_FROM_FLOPS` the products run in bf16
+with float32 accumulation where the device has native bf16 (the real_model test in
+tests/test_proxies.py measures the ranking they give against float32 on SmolLM2), on every core the
+process may use, with a progress bar on stderr.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def compute_proxies(down_weights: list[torch.Tensor], embed: torch.Tensor,
         log.info("forward proxies: %d layers x %d neurons x %d vocabulary rows = %.1f TFLOP in %s on %s (%s)",
                  len(down_weights), down_weights[0].shape[1], embed.shape[0], work / 1e12,
                  str(dtype).removeprefix("torch."), embed.device, f"{threads} threads" if threads else "GPU")
-        with _progress(work) as bar:
+        with _progress(work, dtype, threads) as bar:
             pairs = _all_layers(down_weights, table, dtype, bar)
     log.info("forward proxies computed in %.1fs", time.perf_counter() - start)
     return Proxies(torch.stack([p for p, _ in pairs]).cpu(), torch.stack([m for _, m in pairs]).cpu())
@@ -121,24 +122,15 @@ def _all_cores(device: torch.device) -> Iterator[int | None]:
         torch.set_num_threads(before)
 
 
-class _LogLines:
-    """A file for tqdm that logs each refresh as a line (an actor's stderr is a log, not a terminal)."""
-
-    def write(self, text: str) -> None:
-        text = text.strip("\r\n ")
-        if text:
-            log.info("%s", text)
-
-    def flush(self) -> None:
-        pass
-
-
-def _progress(work: float) -> tqdm:
+def _progress(work: float, dtype: torch.dtype, threads: int | None) -> tqdm:
+    """A bar on stderr: a terminal redraws it; in an actor (Ray forwards its stderr to the driver's
+    console) each refresh, every 30 s, is a line with the time left."""
     on_terminal = sys.stderr.isatty()
-    return tqdm(total=work / 1e9, unit="GFLOP", unit_scale=False, desc="forward proxies", ascii=not on_terminal,
-                file=sys.stderr if on_terminal else _LogLines(), mininterval=0.5 if on_terminal else 30,
-                bar_format="{desc}: {percentage:3.0f}% |{bar:20}| {elapsed}<{remaining}, {rate_fmt}",
-                disable=work < NATIVE_FROM_FLOPS)
+    where = f"{threads} threads" if threads else "GPU"
+    return tqdm(total=work / 1e9, unit="GFLOP", desc=f"forward proxies ({work / 1e12:.1f} TFLOP, "
+                f"{str(dtype).removeprefix('torch.')}, {where}, once per model)", file=sys.stderr,
+                ascii=not on_terminal, mininterval=0.5 if on_terminal else 30, disable=work < NATIVE_FROM_FLOPS,
+                bar_format="{desc}: {percentage:3.0f}% |{bar:20}| {elapsed}<{remaining}, {rate_fmt}")
 
 
 def default_cache_dir() -> Path:
