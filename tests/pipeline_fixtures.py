@@ -134,3 +134,11 @@ class WorkerKiller(threading.Thread):
                 except (psutil.Error, ProcessLookupError):
                     continue
             time.sleep(0.05)
+
+
+def fresh_s3_clients() -> None:
+    """Forget s3fs's cached filesystems: each holds the endpoint (AWS_ENDPOINT_URL) it was made with,
+    and a test that points the environment at another S3 server must not reach the old one."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()

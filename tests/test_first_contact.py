@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from pipeline_fixtures import ROOT, write_docs
+from pipeline_fixtures import ROOT, fresh_s3_clients, write_docs
 
 from jobs.cli import main
 from pipeline.config import load_config
@@ -71,7 +71,15 @@ def test_unreachable_input_uri_is_one_line(refused):
     assert "cannot reach input path 'http://127.0.0.1:1/x.parquet'" in line and "check the address" in line
 
 
-def test_unreachable_output_store_is_one_line(refused, monkeypatch):
+@pytest.fixture
+def fresh_s3():
+    """s3fs clients made for this test's S3 environment only."""
+    fresh_s3_clients()
+    yield
+    fresh_s3_clients()
+
+
+def test_unreachable_output_store_is_one_line(refused, monkeypatch, fresh_s3):
     for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(key, value)

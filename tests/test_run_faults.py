@@ -15,7 +15,7 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import FILE_ROWS, write_docs
+from pipeline_fixtures import FILE_ROWS, fresh_s3_clients, write_docs
 
 from jobs.cli import main
 from pipeline.storage import Storage
@@ -179,8 +179,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def fresh_s3():
+    """s3fs clients made for this test's S3 server only."""
+    fresh_s3_clients()
+    yield
+    fresh_s3_clients()
+
+
 def test_object_store_lost_mid_run_is_one_line_and_the_rerun_completes(ray_cluster, capsys, tiny_model_dir, inputs,
-                                                                        tmp_path, monkeypatch):
+                                                                        tmp_path, monkeypatch, fresh_s3):
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)     # the server's request lines
