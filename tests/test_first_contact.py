@@ -205,17 +205,17 @@ def mixed_directory(directory: Path) -> list[str]:
 
 @pytest.mark.parametrize("case", ["mixed directory, no references, a 50 MB document", "one document"])
 def test_users_own_data_runs_to_every_row_once(case, ray_cluster, capsys, tiny_model_dir, tmp_path):
-    if case == "one document":
+    if case == "one document":     # on the shipped config's two actors
         pq.write_table(pa.table({"id": ["only"], "document": ["the sun on the city."]}), tmp_path / "one.parquet")
-        inputs, ids = tmp_path / "one.parquet", ["only"]
+        inputs, ids, actors = tmp_path / "one.parquet", ["only"], 2
     else:
         ids = mixed_directory(tmp_path / "in")
-        inputs = tmp_path / "in"
+        inputs, actors = tmp_path / "in", 1
     args = ["--config", str(ROOT / "conf/summarize.yaml"), f"model.source={tiny_model_dir}", "model.device=cpu",
             f"input.paths=[{inputs}]", "input.reference_column=null", "input.rows_per_item=2",
             "generation.max_new_tokens=4", "summarize.max_document_tokens=48", "dart.prefill.first_block_tokens=16",
             "dart.prefill.block_tokens=16", f"output.dir={tmp_path / 'out'}", "control.progress=false",
-            f"control.log_dir={tmp_path / 'logs'}"]
+            f"control.log_dir={tmp_path / 'logs'}", f"pool.num_actors={actors}"]
     code, out, err = run_cli(capsys, "summarize", args)
     assert code == 0 and "run complete" in out, err[-3000:]
     table = pq.read_table(next((tmp_path / "out").glob("summarize-*")) / "parts")
