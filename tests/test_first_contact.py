@@ -184,6 +184,12 @@ def test_label_config_prunes_what_it_scores_or_warns_once(caplog, overrides, say
     assert len(warnings) == (says is not None) and all(says in w for w in warnings)
 
 
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "conf").glob("*.yaml")
+                                         if yaml.safe_load(p.read_text()).get("task")), ids=lambda p: p.name)
+def test_every_shipped_job_config_prunes_what_it_computes(path):
+    assert unpruned_reason(load_config(path)) is None
+
+
 def test_one_token_generation_warns_and_names_the_setting():
     config = load_config(ROOT / "conf/summarize.yaml", ["generation.max_new_tokens=1", "dart.prefill.mode=dense"])
     assert "generation.max_new_tokens=1" in unpruned_reason(config)
