@@ -83,7 +83,9 @@ def reduced(study: StudyConfig) -> StudyConfig:
     config is validated above. SHIPPED_FULL_SWEEP=1 runs every cell."""
     if os.environ.get("SHIPPED_FULL_SWEEP") == "1":
         return study
-    baseline, first = study.study.baseline, study.study.compare[0][0]
+    baseline = study.study.baseline
+    first = study.study.compare[0][0] if study.study.compare else \
+        next(v.name for v in study.variants if v.name != baseline)
     variant = next(v for v in study.variants if v.name == first)
     budget = next(b for b in study.budgets if variant.budgets is None or b.name in variant.budgets)
     data = study.model_dump(mode="json")
