@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .attention import ATTENTION
 from .dtypes import resolve_dtype
 from .embedded import EmbeddedModel, check_installed, gguf_path
 from .filelock import exclusive
@@ -73,7 +74,7 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
         dtype = model_dtype(cfg, device, location, common)
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, device_map=cfg.device_map, attn_implementation="sdpa", **weights, **common)
+            location, dtype=dtype, device_map=cfg.device_map, attn_implementation=ATTENTION, **weights, **common)
     if cfg.device_map is None:
         model.to(device)
     model.eval()

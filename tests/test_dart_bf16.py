@@ -65,3 +65,26 @@ def test_blockwise_at_keep_one_is_close_to_the_whole_prompt_in_bfloat16(tiny_bf1
                                                                         block_tokens=8)), prompts(), steps=2)
     for a, b in zip(whole, blocks):
         assert (a - b).abs().max() <= LOGPROB_ATOL
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_token_attention_packs_heads_and_matches_transformers(masked):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from dart.attention import attention, packs_one_token
+
+    class Module(torch.nn.Module):
+        num_key_value_groups, is_causal = 3, True
+
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(shape, generator=gen).to(torch.bfloat16)
+                         for shape in ((2, 9, 1, 16), (2, 3, 40, 16), (2, 3, 40, 16)))
+    mask = None
+    if masked:                                       # the second row left-padded by 5 positions
+        mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+        mask[1, ..., :5] = False
+    assert packs_one_token(query, mask, {}) and not packs_one_token(query.float(), mask, {})
+    ours, _ = attention(Module(), query, key, value, mask, scaling=0.25)
+    reference, _ = sdpa_attention_forward(Module(), query.float(), key.float(), value.float(), mask, scaling=0.25)
+    assert ours.shape == reference.shape == (2, 1, 9, 16)
+    assert (ours.float() - reference).abs().max() < 0.02
