@@ -88,6 +88,7 @@ def compute_proxies(down_weights: list[torch.Tensor], embed: torch.Tensor,
                  str(dtype).removeprefix("torch."), embed.device, f"{threads} threads" if threads else "GPU")
         with _progress(work, dtype, threads) as bar:
             pairs = _all_layers(down_weights, table, dtype, bar)
+            bar.update(bar.total - bar.n)   # the chunks' float sum can fall short of the total by a rounding
     log.info("forward proxies computed in %.1fs", time.perf_counter() - start)
     return Proxies(torch.stack([p for p, _ in pairs]).cpu(), torch.stack([m for _, m in pairs]).cpu())
 
