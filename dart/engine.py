@@ -60,7 +60,8 @@ class DartEngine:
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
         self.gathers = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
-                                   onednn=self.kernel == "onednn", gather_cost=config.gather_cost)
+                                   onednn=self.kernel == "onednn", gather_cost=config.gather_cost,
+                                   cache_dir=cache_root(cache_dir) / "kernels")
         self.eos_ids = eos_token_ids(model, tokenizer)
 
     # ---- setup ----------------------------------------------------------------------------
@@ -75,8 +76,7 @@ class DartEngine:
 
     def close(self) -> None:
         """Restore the unpatched model and free the engine's weight copies."""
-        self.gathers.close()
-        self._routing.undo()
+        self.gathers.close(), self._routing.undo()
         unpatch_model(self.model, self._handles)
         self._handles = []
 

@@ -3,6 +3,7 @@ the paths and their arithmetic): a decode loop gathers once per mask set, not pe
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,7 @@ from .compact import (
     gather_layer,
     union_kept,
 )
-from .kernels import best_seconds
+from .kernels import best_seconds, read_verdict, verdict_key, write_verdict
 from .patch import DartMLP
 
 if TYPE_CHECKING:
@@ -40,9 +41,9 @@ class GatherCache:
     block stay plain and decode forwards run on packed ones."""
 
     def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, onednn: bool = False,
-                 gather_cost: float | None = None) -> None:
+                 gather_cost: float | None = None, cache_dir: Path | None = None) -> None:
         self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, ffn_path, dtype, onednn
-        self.fixed_gather_cost = gather_cost          # None: measured
+        self.fixed_gather_cost, self.cache_dir = gather_cost, cache_dir     # None: measured (cached there)
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
         self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and ffn_path != "masked"
@@ -67,12 +68,30 @@ class GatherCache:
 
     def gather_cost(self, rows: int) -> float:
         """A decode gather's cost in masked forwards of `rows` rows (GATHER_COST_IN_FORWARDS' unit),
-        measured once per batch size on this engine's first layer: its device, dtype and kernel."""
+        measured once per batch size on this engine's first layer (its device, dtype and kernel) and, on a
+        CPU, cached beside the kernel verdicts."""
         if self.fixed_gather_cost is not None:
             return self.fixed_gather_cost
         if rows not in self.measured_costs:
-            self.measured_costs[rows] = measured_gather_cost(self, rows)
+            self.measured_costs[rows] = self.cached_gather_cost(rows)
         return self.measured_costs[rows]
+
+    def cached_gather_cost(self, rows: int) -> float:
+        """measured_gather_cost, read from / stored in the verdict cache (so engines on one machine agree)."""
+        weight = self.mlps[0].gate_proj.weight
+        path = None
+        if self.cache_dir is not None and weight.device.type == "cpu":
+            path = verdict_key("gather", {"shape": list(weight.shape), "dtype": str(weight.dtype), "rows": rows,
+                                          "onednn": self.onednn, "rule": "saving-v1"}, self.cache_dir)
+        cached = read_verdict(path, None)
+        if cached is not None:
+            try:
+                return float(cached)
+            except ValueError:
+                pass
+        cost = measured_gather_cost(self, rows)
+        write_verdict(path, repr(cost))
+        return cost
 
     def gather(self, layer: int, ids: torch.Tensor, row_mask: torch.Tensor | None = None) -> CompactWeights:
         """Layer `layer`'s kept neurons `ids`, gathered (plain weights)."""

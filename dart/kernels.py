@@ -180,8 +180,9 @@ def cached_choice(weights: list[torch.Tensor], cache_dir: Path | None) -> str:
     return choice
 
 
-def read_verdict(path: Path | None, allowed: tuple[str, ...]) -> str | None:
-    """A measured choice cached at `path`, if it is one of `allowed` (a bad entry is measured again)."""
+def read_verdict(path: Path | None, allowed: tuple[str, ...] | None) -> str | None:
+    """A measured choice cached at `path`, if it is one of `allowed` (None: any text); a bad entry is
+    measured again."""
     if path is None or not path.exists():
         return None
     try:
@@ -189,7 +190,18 @@ def read_verdict(path: Path | None, allowed: tuple[str, ...]) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable verdict %s: %s", path, exc)
         return None
-    return choice if choice in allowed else None
+    return choice if isinstance(choice, str) and (allowed is None or choice in allowed) else None
+
+
+def verdict_key(kind: str, key: dict, cache_dir: Path) -> Path | None:
+    """Where a measured `kind` verdict for `key` on this CPU, torch and thread count is cached (None: CPU unknown)."""
+    cpu = cpu_model()
+    if not cpu:
+        return None
+    key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           **key}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / f"{kind}-{digest}.json"
 
 
 def write_verdict(path: Path | None, choice: str) -> None:

@@ -27,6 +27,7 @@ class ForwardPass:
         self.accumulating = [b for b, p in enumerate(phases) if p.accumulate]
         self.calibrating = [b for b, p in enumerate(phases) if p.calibrate]
         self.forming = [b for b, p in enumerate(phases) if p.form_in_forward]
+        self._drops = None if masks is None else dropping_layers(states, phases)   # layers whose masks hold a 0
         self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
         self.signal_rows = [b for b, p in enumerate(phases) if p.collect_signal or p.monitor]
         first_rows = {s.uid: b for b, s in reversed(list(enumerate(states)))}    # rows may share a state
@@ -65,7 +66,8 @@ class ForwardPass:
         for b in self.forming:
             kept = self.states[b].form_layer(layer)
             self.masks[b, layer].zero_().index_fill_(0, kept, 1)
-        if self.masks is not None:
+            self._drops[layer] |= kept.numel() < act.shape[-1]
+        if self.masks is not None and self._drops[layer]:     # keep-all masks would only cost a multiply
             act = act * self.masks[:, layer, None, :]
         for b in self.accumulating:
             self._accumulate(b, layer, self._tokens(act, b), None)
@@ -111,6 +113,13 @@ class ForwardPass:
         self._signal_parts = []
         for b in self.signal_rows:
             self.states[b].observe_signal(self._tokens(signal, b))
+
+
+def dropping_layers(states: list[SequenceState], phases: list[ForwardPhase]) -> list[bool]:
+    """Per layer, whether a row's masks formed before this forward drop a neuron there."""
+    shape = states[0].shape
+    sets = [s.kept for s, p in zip(states, phases) if p.masked and not p.form_in_forward and s.kept is not None]
+    return [any(kept[layer].numel() < shape.width for kept in sets) for layer in range(shape.num_layers)]
 
 
 def batch_masks(states: list[SequenceState], phases: list[ForwardPhase], dtype: torch.dtype,

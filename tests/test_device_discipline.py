@@ -108,8 +108,8 @@ CONFIGS = {
                               drift=WATCHED),
     "dart compact": DartConfig(method="dart", budget="uniform", keep_ratio=0.5, mask_step=1, ffn_path="compact",
                                drift=WATCHED),
-    "dart auto budget, blockwise": DartConfig(
-        method="dart", budget="auto", keep_ratio=0.5, mask_step=1, drift=WATCHED,
+    "dart auto budget, blockwise": DartConfig(     # a fixed gather cost: auto's waits the same at both depths
+        method="dart", budget="auto", keep_ratio=0.5, mask_step=1, drift=WATCHED, gather_cost=12.0,
         prefill=PrefillConfig(mode="blockwise", first_block_tokens=8, block_tokens=8)),
 }
 
