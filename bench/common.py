@@ -48,8 +48,8 @@ def engine_proxies(model, fingerprint: str | None) -> Proxies:
     return load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
 
 
-def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO, dtype: str = "auto"):
-    """Logging, torch threads, the embedded SmolLM2 (in `dtype`: auto is the machine's native one) and
+def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO, dtype: str = "native"):
+    """Logging, torch threads, the embedded SmolLM2 (in `dtype`: native is the machine's fastest) and
     its proxies: what every bench starts with. Returns (model, tokenizer, proxies)."""
     from dart.loading import load_model, model_fingerprint
     from dart.model_config import ModelConfig
@@ -241,8 +241,8 @@ def cpu_flags() -> str:
 
 
 def dtype_argument(parser) -> None:
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="model dtype (auto: the machine's native one, as model.dtype: auto picks)")
+    parser.add_argument("--dtype", default="native", choices=["native", "auto", "float32", "bfloat16"],
+                        help="model dtype (native: the machine's fastest, as model.dtype: native picks)")
 
 
 def engine_kernel(model, setting: str = "auto") -> str:

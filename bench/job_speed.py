@@ -1,5 +1,6 @@
 """Bench 17: the main summarize job's documents/s against its dense run at the same dtype, at keep 0.5,
-and as it ran before the native dtype (float32): every side a whole job on a local Ray, the sides run
+and in float32 (what `model.dtype: auto` runs on a CPU), all sides at `--dtype` (default: native)
+unless a side sets its own: every side a whole job on a local Ray, the sides run
 in mirrored order (A B C ..., then ... C B A) so that a machine busy for a while slows them alike.
 
     python -m bench.job_speed [--config conf/summarize.yaml --documents 48 --reps 1] [key=value ...]
@@ -79,11 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--documents", type=int, default=48)
     parser.add_argument("--reps", type=int, default=1, help="mirrored rounds (each runs every side twice)")
     parser.add_argument("--side", action="append", default=[], metavar="NAME=K=V,K=V")
+    common.dtype_argument(parser)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of every side")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     sides = parse_sides(args.side) if args.side else DEFAULT_SIDES
-    common_overrides = [*DATA, f"input.limit={args.documents}", *args.overrides]
+    common_overrides = [*DATA, f"input.limit={args.documents}", f"model.dtype={args.dtype}", *args.overrides]
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for rep in range(2 * args.reps):
         for name in (list(sides) if rep % 2 == 0 else list(reversed(sides))):

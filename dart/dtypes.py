@@ -1,8 +1,8 @@
-"""The weights' dtype that `model.dtype: auto` picks: the machine's native one.
+"""The weights' dtype that `model.dtype: native` picks, the machine's native one, and `auto`.
 
 On CUDA that is bfloat16 (float16 on a GPU without bfloat16). On a CPU it depends on the chip: one
 with AVX512-BF16 or AMX runs a bfloat16 matmul 2-7x faster than float32, one without emulates it,
-slower. So auto measures both dtypes on matmuls of the model's FFN shape (torch's kernel and oneDNN's
+slower. So `native` measures both dtypes on matmuls of the model's FFN shape (torch's kernel and oneDNN's
 packed one, a decode step's rows and a prompt block's) and takes bfloat16 when it is clearly faster;
 the verdict is cached on disk per CPU, torch build, thread count and shape, beside the kernel verdicts.
 DART's statistics, scores and drift cosines are float32 whatever the weights (dart.state).
@@ -31,13 +31,16 @@ MIN_HIDDEN_TO_MEASURE = 256
 
 def resolve_dtype(name: str, device: torch.device, ffn_shape: tuple[int, int, int] | None = None,
                   cache_dir: Path | None = None) -> torch.dtype:
-    """The dtype of `model.dtype`; `auto` measures on a CPU (ffn_shape: layers, FFN width, hidden;
-    without it, or for a tiny model, a CPU gets float32)."""
-    if name != "auto":
+    """The dtype of `model.dtype`. `native` is the machine's fastest: bfloat16 on CUDA (float16 without
+    it), and on a CPU what measures faster (ffn_shape: layers, FFN width, hidden; without it, or for a
+    tiny model, float32). `auto` is `native` on CUDA and float32 on a CPU: there the main job's DART
+    lost ROUGE-L in bfloat16 on 200 XSum documents (-0.009 [-0.017, -0.002]) where dense did not
+    (docs/studies/dtype/), and dense and DART runs keep one dtype so that they compare alike."""
+    if name not in ("auto", "native"):
         return DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type != "cpu" or ffn_shape is None or ffn_shape[2] < MIN_HIDDEN_TO_MEASURE:
+    if name == "auto" or device.type != "cpu" or ffn_shape is None or ffn_shape[2] < MIN_HIDDEN_TO_MEASURE:
         return torch.float32
     return cached_cpu_dtype(ffn_shape, cache_dir)
 

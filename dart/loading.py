@@ -55,9 +55,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_dtype(cfg: ModelConfig, device: torch.device, location: str, common: dict) -> torch.dtype:
-    """The weights' dtype of `cfg.dtype`; `auto` on a CPU measures on the model's FFN shape (dart.dtypes)."""
+    """The weights' dtype of `cfg.dtype`; `native` on a CPU measures on the model's FFN shape (dart.dtypes)."""
     shape = None
-    if cfg.dtype == "auto" and device.type == "cpu" and cfg.device_map is None:
+    if cfg.dtype == "native" and device.type == "cpu" and cfg.device_map is None:
         config = AutoConfig.from_pretrained(location, **common)
         shape = (config.num_hidden_layers, config.intermediate_size, config.hidden_size)
     return resolve_dtype(cfg.dtype, device, shape, cache_root(cfg.cache_dir) / "kernels")

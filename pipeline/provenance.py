@@ -68,7 +68,7 @@ class Provenance:
         if other and self.dtype and dtypes and self.dtype not in dtypes:
             raise ValueError(
                 f"this run's finished items were made with {self.dtype} weights, the actors now load "
-                f"{'/'.join(sorted(dtypes))} (model.dtype auto picks the machine's native dtype): set "
+                f"{'/'.join(sorted(dtypes))} (model.dtype native picks the machine's fastest): set "
                 f"model.dtype={self.dtype} to resume it, or " + fresh_run_hint(self.run))
         if other:
             raise ValueError(
