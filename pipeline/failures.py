@@ -54,30 +54,28 @@ def storage_cause(err: BaseException) -> tuple[str, str]:
             "credentials) and")
 
 
-@contextlib.contextmanager
-def writing(where: object) -> Iterator[None]:
+def storage_faults(failure: type[Exception], what: str) -> contextlib.AbstractContextManager:
+    """Faults of a disk or store inside the block become one `failure` line about `what`."""
+    @contextlib.contextmanager
+    def translated() -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            if not is_storage_fault(err):
+                raise
+            cause, todo = storage_cause(err)
+            raise failure(f"cannot {what}: {cause}; {todo} rerun the same command: finished items are kept") from err
+    return translated()
+
+
+def writing(where: object) -> contextlib.AbstractContextManager:
     """Faults of a disk or store while writing the run at `where` become one OutputFailed line."""
-    try:
-        yield
-    except Exception as err:
-        if not is_storage_fault(err):
-            raise
-        cause, todo = storage_cause(err)
-        raise OutputFailed(f"cannot write the run at {where}: {cause}; {todo} rerun the same command: "
-                           "finished items are kept") from err
+    return storage_faults(OutputFailed, f"write the run at {where}")
 
 
-@contextlib.contextmanager
-def reading(uri: str) -> Iterator[None]:
+def reading(uri: str) -> contextlib.AbstractContextManager:
     """Faults of a disk or store while reading input `uri` become one InputFailed line."""
-    try:
-        yield
-    except Exception as err:
-        if not is_storage_fault(err):
-            raise
-        cause, todo = storage_cause(err)
-        raise InputFailed(f"cannot read input file {uri}: {cause}; {todo} rerun the same command: "
-                          "finished items are kept") from err
+    return storage_faults(InputFailed, f"read input file {uri}")
 
 
 def failure_line(err: BaseException) -> str:

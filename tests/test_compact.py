@@ -146,10 +146,10 @@ def test_batch_bytes_are_shared_among_the_rows(tiny):
     assert results[0].telemetry.ffn_bytes_dense == 3 * D * 4 * L * N * forwards // 2
 
 
-def test_gather_cost_is_measured_once_per_batch_size_unless_given(tiny):
+def test_gather_cost_is_measured_once_per_batch_size_unless_given(tiny, tmp_path):
     from dart.engine import DartEngine
 
-    engine = DartEngine(*tiny, DartConfig(method="static", budget="uniform", keep_ratio=0.5))
+    engine = DartEngine(*tiny, DartConfig(method="static", budget="uniform", keep_ratio=0.5), cache_dir=str(tmp_path))
     try:
         gather = engine.gathers
         cost = gather.gather_cost(2)
@@ -158,6 +158,11 @@ def test_gather_cost_is_measured_once_per_batch_size_unless_given(tiny):
     finally:
         engine.close()
     assert engine.gathers.copied_bytes() == 0                  # close frees the engine's weight copies
+    again = DartEngine(*tiny, DartConfig(method="static", budget="uniform", keep_ratio=0.5), cache_dir=str(tmp_path))
+    try:
+        assert again.gathers.gather_cost(2) == cost and again.gathers.copied_bytes() == 0   # read from the cache
+    finally:
+        again.close()
     fixed = DartEngine(*tiny, static(0.5, "auto"))
     try:
         assert fixed.gathers.gather_cost(4) == GATHER_COST_IN_FORWARDS and not fixed.gathers.measured_costs

@@ -63,7 +63,7 @@ class RecordingJob:
     def worker_args(self):
         return self.real.worker_args()
 
-    def check_models(self, fingerprints):
+    def check_models(self, fingerprints, dtypes=frozenset()):
         self.models = fingerprints
 
     def rows(self, item):
