@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from dart.config import DartConfig
 from dart.engine import DartEngine
+from dart.gather import synchronize
 from dart.kv_cache import growing_cache
 from dart.patch import decoder_layers
 from dart.proxies import Proxies, load_or_compute
@@ -83,11 +84,6 @@ def random_prompts(vocab: int, count: int, length: int, seed: int = 0) -> list[l
 def null_tokenizer(pad_id: int = 0) -> SimpleNamespace:
     """What the engine reads of a tokenizer, for random-weight models without one."""
     return SimpleNamespace(eos_token_id=None, pad_token_id=pad_id)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class HfDecoder:

@@ -9,23 +9,20 @@ DART's statistics, scores and drift cosines are float32 whatever the weights (da
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import platform
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .kernels import best_seconds, cpu_model, faster, linear, onednn_available, pack, read_verdict, write_verdict
+from .kernels import best_seconds, cpu_model, faster, linear, onednn_available, pack, read_verdict, verdict_key, write_verdict
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MEASURED_ROWS = (4, 256)          # a decode step of a batch, a prompt block
 MEASURED_BYTES = 96 * 2**20       # float32 weights streamed per measurement: more than any CPU cache
-# Below this hidden size a matmul is mostly call overhead: auto keeps float32 without measuring.
+# Below this hidden size a matmul is mostly call overhead: native keeps float32 without measuring.
 MIN_HIDDEN_TO_MEASURE = 256
 
 
@@ -77,7 +74,7 @@ def measured_cpu_dtype(ffn_shape: tuple[int, int, int]) -> torch.dtype:
     seconds = matmul_seconds(ffn_shape)
     ratios = [seconds[(torch.bfloat16, rows)] / seconds[(torch.float32, rows)] for rows in MEASURED_ROWS]
     choice = torch.bfloat16 if faster(ratios) else torch.float32
-    log.info("model dtype auto -> %s: bfloat16 takes %s of float32's matmul time at %s rows (FFN %s, "
+    log.info("model dtype native -> %s: bfloat16 takes %s of float32's matmul time at %s rows (FFN %s, "
              "%d thread(s), %s)", choice, "/".join(f"{r:.2f}" for r in ratios), "/".join(map(str, MEASURED_ROWS)),
              ffn_shape, torch.get_num_threads(), cpu_model() or "CPU")
     return choice
@@ -85,13 +82,7 @@ def measured_cpu_dtype(ffn_shape: tuple[int, int, int]) -> torch.dtype:
 
 def verdict_path(ffn_shape: tuple[int, int, int], cache_dir: Path) -> Path | None:
     """Where the measured dtype for this CPU, torch, thread count and shape is cached (None: CPU unknown)."""
-    cpu = cpu_model()
-    if not cpu:
-        return None
-    key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "ffn": list(ffn_shape), "rows": MEASURED_ROWS, "rule": "faster-v1"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / f"dtype-{digest}.json"
+    return verdict_key("dtype", {"ffn": list(ffn_shape), "rows": MEASURED_ROWS, "rule": "faster-v1"}, cache_dir)
 
 
 def cached_cpu_dtype(ffn_shape: tuple[int, int, int], cache_dir: Path | None) -> torch.dtype:
@@ -99,7 +90,7 @@ def cached_cpu_dtype(ffn_shape: tuple[int, int, int], cache_dir: Path | None) ->
     path = None if cache_dir is None else verdict_path(ffn_shape, cache_dir)
     name = read_verdict(path, ("float32", "bfloat16"))
     if name is not None:
-        log.info("model dtype auto -> %s (measured before, %s)", name, path)
+        log.info("model dtype native -> %s (measured before, %s)", name, path)
         return DTYPES[name]
     choice = measured_cpu_dtype(ffn_shape)
     write_verdict(path, dtype_name(choice))

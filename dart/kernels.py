@@ -158,14 +158,8 @@ def cpu_model() -> str:
 
 def verdict_path(weights: list[torch.Tensor], cache_dir: Path) -> Path | None:
     """Where auto's measured choice for `weights` on this CPU and torch is cached (None: CPU unknown)."""
-    cpu = cpu_model()
-    if not cpu:
-        return None
-    key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "weights": [len(weights), list(weights[0].shape), str(weights[0].dtype)], "rows": MEASURED_ROWS,
-           "rule": "faster-v1"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / f"linear-{digest}.json"
+    return verdict_key("linear", {"weights": [len(weights), list(weights[0].shape), str(weights[0].dtype)],
+                                  "rows": MEASURED_ROWS, "rule": "faster-v1"}, cache_dir)
 
 
 def cached_choice(weights: list[torch.Tensor], cache_dir: Path | None) -> str:

@@ -27,7 +27,8 @@ class ForwardPass:
         self.accumulating = [b for b, p in enumerate(phases) if p.accumulate]
         self.calibrating = [b for b, p in enumerate(phases) if p.calibrate]
         self.forming = [b for b, p in enumerate(phases) if p.form_in_forward]
-        self._drops = None if masks is None else dropping_layers(states, phases)   # layers whose masks hold a 0
+        # a forward forming masks multiplies a layer's masks in only where one holds a 0 (None: every layer)
+        self._drops = dropping_layers(states, phases) if self.forming else None
         self.residual_rows = [b for b in self.calibrating if states[b].needs_residual()]
         self.signal_rows = [b for b, p in enumerate(phases) if p.collect_signal or p.monitor]
         first_rows = {s.uid: b for b, s in reversed(list(enumerate(states)))}    # rows may share a state
@@ -67,7 +68,7 @@ class ForwardPass:
             kept = self.states[b].form_layer(layer)
             self.masks[b, layer].zero_().index_fill_(0, kept, 1)
             self._drops[layer] |= kept.numel() < act.shape[-1]
-        if self.masks is not None and self._drops[layer]:     # keep-all masks would only cost a multiply
+        if self.masks is not None and (self._drops is None or self._drops[layer]):
             act = act * self.masks[:, layer, None, :]
         for b in self.accumulating:
             self._accumulate(b, layer, self._tokens(act, b), None)

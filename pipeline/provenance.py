@@ -56,10 +56,10 @@ class Provenance:
         fingerprints = {f for f in fingerprints if f}
         if not fingerprints:
             return
-        recorded = self.read(self.model_key) if self.model is None else None
         if self.model is None:
-            self.model = recorded["model_fingerprint"] if recorded else (recorded_parts or [None])[0]
-            self.dtype = (recorded or {}).get("model_dtype")
+            recorded = self.read(self.model_key) or {}
+            self.model = recorded.get("model_fingerprint") or (recorded_parts or [None])[0]
+            self.dtype = recorded.get("model_dtype")
         if self.model is None:
             self.model, self.dtype = next(iter(sorted(fingerprints))), ",".join(sorted(dtypes)) or None
             self.run.storage.write(self.model_key, json_bytes({"model_fingerprint": self.model,
