@@ -92,6 +92,40 @@ def test_runs_share_items_and_keep_apart_by_fingerprint(study_run):
     assert all([it.item_id for it in j.plan] == [it.item_id for it in jobs[0].plan] for j in jobs)
 
 
+def test_a_models_axis_runs_each_model_and_reports_across_size(ray_cluster, tiny_model_dir, tiny_model_factory,
+                                                                tmp_path):
+    """Two tiny Llamas of different sizes as the models axis: each model's cells on its own actors."""
+    data, out = tmp_path / "docs", tmp_path / "studies"
+    data.mkdir()
+    write_docs(data, bad_rows=False)
+    bigger = tiny_model_factory(layers=4, hidden=64, intermediate=53, seed=1)
+    spec = tiny_study_data(tiny_model_dir, data, out)
+    spec["variants"] = [v for v in spec["variants"] if v["name"] in ("dense", "dart")]
+    spec["study"]["compare"] = []
+    spec["models"] = [{"name": "small", "model": {"source": str(tiny_model_dir)}},
+                      {"name": "big", "model": {"source": str(bigger)}}]
+    study = StudyConfig.model_validate(spec)
+    done = run_study(study)
+    assert done["complete"] and done["configs"] == 4
+    results = pq.read_table(study.directory / "results.parquet").to_pandas()
+    assert len(results) == 4 * 6 and (results["status"] == "ok").all()
+    by_model = results.groupby("model_name")
+    assert set(by_model.groups) == {"small", "big"}
+    assert {m: set(g["model"]) for m, g in by_model} == {"small": {str(tiny_model_dir)}, "big": {str(bigger)}}
+    assert {m: set(g["panel"]) for m, g in by_model} == {"small": {"docs_small"}, "big": {"docs_big"}}
+    ids = {key: sorted(g["id"]) for key, g in results.groupby(["model_name", "config"])}
+    assert len({tuple(v) for v in ids.values()}) == 1                       # the same items in every cell
+    dense = results[results["variant"] == "dense"]
+    assert (dense["dense_rouge_l"] == 1.0).all()                             # each against its own dense output
+    flops = by_model["ffn_flops_dense"].sum()
+    assert flops["big"] > flops["small"]                                     # 4 x 64 x 53 against 3 x 48 x 37
+    runs = json.loads((study.directory / "runs.json").read_text())
+    assert [r["model"] for r in runs] == ["small", "small", "big", "big"] and len({r["run_dir"] for r in runs}) == 4
+    text = (study.directory / "report.md").read_text()
+    assert "## Across model size" in text and "Recommended for big:" in text and "![scale_docs](scale_docs.png)" in text
+    assert (study.directory / "scale_docs.png").stat().st_size > 0 and (study.directory / "pareto_docs_big.png").is_file()
+
+
 def test_a_stopped_study_says_so_in_one_line_and_its_rerun_resumes(ray_cluster, tiny_model_dir, tmp_path):
     """SIGTERM (schedulers, `ray job stop`) to `python -m jobs.study` once some items are done."""
     data, out = tmp_path / "docs", tmp_path / "studies"

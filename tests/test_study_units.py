@@ -101,7 +101,7 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'matplotlib
 
 
 # ---- study config and expansion -----------------------------------------------------------------
-def _study(**changes) -> dict:
+def study_data(**changes) -> dict:
     data = {
         "study": {"name": "s", "output": "out", "limit": 10},
         "base": {"generation": {"max_new_tokens": 8}, "dart": {"ranking": "max"}},
@@ -120,7 +120,7 @@ def _study(**changes) -> dict:
 
 
 def test_expansion_variants_x_budgets_x_datasets_dense_once():
-    runs = expand(StudyConfig.model_validate(_study()))
+    runs = expand(StudyConfig.model_validate(study_data()))
     labels = [(r.dataset, r.label) for r in runs]
     per = ["dense", "static@auto50", "static@uni30", "dart@auto50", "dart@uni30", "dart_recal@auto50"]
     assert labels == [("x", l) for l in per] + [("q", l) for l in per]
@@ -135,11 +135,11 @@ def test_expansion_variants_x_budgets_x_datasets_dense_once():
 
 def test_bad_study_names_what_to_fix():
     with pytest.raises(ValueError, match="unknown budget"):
-        StudyConfig.model_validate(_study(variants=[{"name": "dart", "budgets": ["nope"]}, {"name": "dense"},
+        StudyConfig.model_validate(study_data(variants=[{"name": "dart", "budgets": ["nope"]}, {"name": "dense"},
                                                     {"name": "static"}]))
     with pytest.raises(ValueError, match="unknown variant"):
-        StudyConfig.model_validate(_study(variants=[{"name": "dense", "dart": {"method": "dense"}}]))
-    bad = _study(budgets=[{"name": "auto50", "dart": {"keep_ratio": 2}}])
+        StudyConfig.model_validate(study_data(variants=[{"name": "dense", "dart": {"method": "dense"}}]))
+    bad = study_data(budgets=[{"name": "auto50", "dart": {"keep_ratio": 2}}])
     with pytest.raises(ValueError, match=r"(?s)static@auto50 on dataset x.*dart\.keep_ratio"):
         expand(StudyConfig.model_validate(bad))
 
@@ -186,7 +186,7 @@ def test_report_on_a_hand_made_study(tmp_path):
     dense = [0.2 + 0.01 * (i % 5) for i in range(n)]
     results = hand_results({"dense": dense, "static@a50": [q - 0.10 for q in dense], "dart@a50": [q - 0.02 for q in dense]},
                            {"dense": 0.0, "static@a50": 0.49, "dart@a50": 0.48}, {"dart@a50": 1})
-    study = StudyConfig.model_validate(_study(study={"name": "toy", "output": str(tmp_path), "bootstrap_samples": 300}))
+    study = StudyConfig.model_validate(study_data(study={"name": "toy", "output": str(tmp_path), "bootstrap_samples": 300}))
     out = write_report(results, study, tmp_path)
     summary = out["summary"].set_index("config")
     assert summary.loc["static@a50", "retained"] == pytest.approx((np.mean(dense) - 0.10) / np.mean(dense))
@@ -208,7 +208,7 @@ def test_report_says_plainly_when_dart_does_not_beat_static(tmp_path):
     dense = [0.3] * 12
     results = hand_results({"dense": dense, "static@a50": [0.25] * 12, "dart@a50": [0.25] * 12},
                            {"dense": 0.0, "static@a50": 0.49, "dart@a50": 0.485}, {})
-    study = StudyConfig.model_validate(_study(study={"name": "toy", "output": str(tmp_path), "bootstrap_samples": 200}))
+    study = StudyConfig.model_validate(study_data(study={"name": "toy", "output": str(tmp_path), "bootstrap_samples": 200}))
     out = write_report(results, study, tmp_path)
     assert "dart@a50 does not beat static@a50 at equal applied sparsity" in (tmp_path / "report.md").read_text()
     assert len(summary_frame(results, study)) == 3

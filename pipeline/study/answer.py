@@ -1,5 +1,6 @@
 """The plain answer of a study on cost: quality against end-to-end executed FFN FLOPs.
 
+Each panel (a dataset; in a study with a models axis, one model's dataset) is answered on its own.
 The cost of a config is `executed_flops_ratio` summed over its items: FFN FLOPs executed over the
 prompt and the generated tokens against a dense run of the same tokens (pipeline.study.results).
 Two questions, each answered from the per-item results with paired bootstrap intervals:
@@ -30,59 +31,59 @@ from .stats import EMPTY, Estimate, paired_difference, paired_ratio_difference
 COST = "executed_flops_ratio"        # the summary's end-to-end cost column (ratio of sums over items)
 
 
-def _values(results: pd.DataFrame, dataset: str, config: str, column: str) -> pd.Series:
-    """One config's `column` on one dataset, ok items only, indexed by item id."""
-    rows = results[(results["dataset"] == dataset) & (results["config"] == config) & (results["status"] == "ok")]
+def item_values(results: pd.DataFrame, panel: str, config: str, column: str) -> pd.Series:
+    """One config's `column` on one panel, ok items only, indexed by item id."""
+    rows = results[(results["panel"] == panel) & (results["config"] == config) & (results["status"] == "ok")]
     return pd.to_numeric(rows.set_index("id")[column], errors="coerce")
 
 
-def _aligned(*series: pd.Series) -> list[np.ndarray]:
+def aligned(*series: pd.Series) -> list[np.ndarray]:
     """The values of the items every series has (none missing), in one item order."""
     frame = pd.concat(series, axis=1, join="inner").dropna()
     return [frame.iloc[:, k].to_numpy(float) for k in range(len(series))]
 
 
-def _put(row: dict[str, Any], name: str, est: Estimate) -> None:
+def put_estimate(row: dict[str, Any], name: str, est: Estimate) -> None:
     row[name], row[f"{name}_low"], row[f"{name}_high"] = est.value, est.low, est.high
 
 
-def paired_flops(results: pd.DataFrame, dataset: str, a: str, b: str, boot: dict[str, Any]) -> Estimate:
+def paired_flops(results: pd.DataFrame, panel: str, a: str, b: str, boot: dict[str, Any]) -> Estimate:
     """Cost of config a minus cost of config b (fractions of dense), items resampled in pairs."""
-    columns = [_values(results, dataset, c, k) for c in (a, b) for k in ("ffn_flops_executed", "ffn_flops_dense")]
-    return paired_ratio_difference(*_aligned(*columns), **boot)
+    columns = [item_values(results, panel, c, k) for c in (a, b) for k in ("ffn_flops_executed", "ffn_flops_dense")]
+    return paired_ratio_difference(*aligned(*columns), **boot)
 
 
-def _quality_diffs(results: pd.DataFrame, dataset: str, a: str, b: list[tuple[str, float]],
+def _quality_diffs(results: pd.DataFrame, panel: str, a: str, b: list[tuple[str, float]],
                    boot: dict[str, Any]) -> dict[str, Estimate]:
     """a - (weighted sum of b's configs), per item, for the primary quality and agreement with baseline."""
     out = {}
     for column in ("quality", "dense_rouge_l"):
-        values = _aligned(_values(results, dataset, a, column), *[_values(results, dataset, c, column) for c, _ in b])
+        values = aligned(item_values(results, panel, a, column), *[item_values(results, panel, c, column) for c, _ in b])
         other = sum(w * v for (_, w), v in zip(b, values[1:]))
         out[column] = paired_difference(values[0], other, **boot) if len(values[0]) else EMPTY
     return out
 
 
-def _cost_row(dataset: str, kind: str, a: pd.Series, b: str, flops_b: float, diffs: dict[str, Estimate],
+def _cost_row(panel: str, kind: str, a: pd.Series, b: str, flops_b: float, diffs: dict[str, Estimate],
               metric: str, between: str = "") -> dict[str, Any]:
-    row = {"dataset": dataset, "kind": kind, "a": a["config"], "b": b, "between": between, "metric": metric,
+    row = {"panel": panel, "kind": kind, "a": a["config"], "b": b, "between": between, "metric": metric,
            "flops_a": a[COST], "flops_b": flops_b, "paired_items": diffs["quality"].n}
-    _put(row, "quality_diff", diffs["quality"])
-    _put(row, "agreement_diff", diffs["dense_rouge_l"])
+    put_estimate(row, "quality_diff", diffs["quality"])
+    put_estimate(row, "agreement_diff", diffs["dense_rouge_l"])
     return row
 
 
 def equal_cost_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: dict[str, Any]) -> list[dict[str, Any]]:
     """Every pair of configs whose costs are equal within the tolerance; a is the better one by its mean."""
-    dataset, metric = in_ds["dataset"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
+    panel, metric = in_ds["panel"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
     rows = []
     for (_, x), (_, y) in combinations(in_ds.iterrows(), 2):
         if pd.isna(x[COST]) or pd.isna(y[COST]) or abs(x[COST] - y[COST]) > study.study.equal_flops_tolerance:
             continue
         a, b = (x, y) if x["quality"] >= y["quality"] else (y, x)
-        row = _cost_row(dataset, "equal", a, b["config"], b[COST],
-                        _quality_diffs(results, dataset, a["config"], [(b["config"], 1.0)], boot), metric)
-        _put(row, "flops_diff", paired_flops(results, dataset, a["config"], b["config"], boot))
+        row = _cost_row(panel, "equal", a, b["config"], b[COST],
+                        _quality_diffs(results, panel, a["config"], [(b["config"], 1.0)], boot), metric)
+        put_estimate(row, "flops_diff", paired_flops(results, panel, a["config"], b["config"], boot))
         rows.append(row)
     return rows
 
@@ -107,7 +108,7 @@ def bracket(points: pd.DataFrame, cost: float) -> list[tuple[str, float]] | None
 def interpolated_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: dict[str, Any]) -> list[dict[str, Any]]:
     """Each config against every other variant's curve at the config's own cost, where that variant has
     no config at equal cost but runs on both sides of it."""
-    dataset, metric = in_ds["dataset"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
+    panel, metric = in_ds["panel"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
     baseline, tolerance, rows = study.study.baseline, study.study.equal_flops_tolerance, []
     for _, a in in_ds[in_ds["variant"] != baseline].iterrows():
         for variant in dict.fromkeys(in_ds["variant"]):
@@ -119,26 +120,26 @@ def interpolated_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: d
             if weights is None or not near.empty:
                 continue
             between = " and ".join(f"{c} at {points.set_index('config').loc[c, COST]:.3f}" for c, _ in weights)
-            diffs = _quality_diffs(results, dataset, a["config"], weights, boot)
+            diffs = _quality_diffs(results, panel, a["config"], weights, boot)
             if baseline in (c for c, _ in weights):   # its agreement with itself is 1: no line to draw through
                 diffs["dense_rouge_l"] = EMPTY
-            rows.append(_cost_row(dataset, "interpolated", a, variant, float(a[COST]), diffs, metric, between))
+            rows.append(_cost_row(panel, "interpolated", a, variant, float(a[COST]), diffs, metric, between))
     return rows
 
 
 def matched_rows(results: pd.DataFrame, in_ds: pd.DataFrame, study, boot: dict[str, Any]) -> list[dict[str, Any]]:
     """Each config b against the cheapest config a of another variant (the baseline aside) that costs
     less by more than the tolerance and whose quality is not shown worse than b's."""
-    dataset, metric = in_ds["dataset"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
+    panel, metric = in_ds["panel"].iloc[0], quality_metrics(in_ds["task"].iloc[0])[0][1]
     points = in_ds[in_ds["variant"] != study.study.baseline].dropna(subset=[COST, "quality"]).sort_values(COST)
     rows = []
     for _, b in points.iterrows():
         cheaper = points[(points["variant"] != b["variant"]) & (points[COST] < b[COST] - study.study.equal_flops_tolerance)]
         for _, a in cheaper.iterrows():
-            diffs = _quality_diffs(results, dataset, a["config"], [(b["config"], 1.0)], boot)
+            diffs = _quality_diffs(results, panel, a["config"], [(b["config"], 1.0)], boot)
             if diffs["quality"].n and diffs["quality"].high >= 0:
-                row = _cost_row(dataset, "matched", a, b["config"], b[COST], diffs, metric)
-                _put(row, "flops_diff", paired_flops(results, dataset, a["config"], b["config"], boot))
+                row = _cost_row(panel, "matched", a, b["config"], b[COST], diffs, metric)
+                put_estimate(row, "flops_diff", paired_flops(results, panel, a["config"], b["config"], boot))
                 rows.append(row)
                 break
     return rows
@@ -148,8 +149,8 @@ def cost_frame(results: pd.DataFrame, summary: pd.DataFrame, study, boot: dict[s
     """Quality differences at equal end-to-end cost (measured pairs, then interpolated ones), and the
     cheaper configs of another variant whose quality is not shown worse."""
     rows = []
-    for dataset in summary["dataset"].unique():
-        in_ds = summary[summary["dataset"] == dataset]
+    for panel in summary["panel"].unique():
+        in_ds = summary[summary["panel"] == panel]
         rows += (equal_cost_rows(results, in_ds, study, boot) + interpolated_rows(results, in_ds, study, boot)
                  + matched_rows(results, in_ds, study, boot))
     return pd.DataFrame(rows)
@@ -223,7 +224,7 @@ def matched_sentence(row: pd.Series, baseline: str) -> str:
 
 def saving_sentence(row: pd.Series, summary: pd.DataFrame, tolerance: float) -> str:
     """What config a saves against config b (a study.compare pair at one budget), and what it costs."""
-    by = summary[summary["dataset"] == row["dataset"]].set_index("config")
+    by = summary[summary["panel"] == row["panel"]].set_index("config")
     a, b, flops = by.loc[row["a"]], by.loc[row["b"]], _row_est(row, "flops_diff")
     modes = f" ({a['prefill_mode']} prefill against {b['prefill_mode']})" if a["prefill_mode"] != b["prefill_mode"] else ""
     if flops.n == 0:
@@ -248,21 +249,21 @@ def of_kind(costs: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.DataFrame, study) -> list[str]:
-    """The report's plain answer, per dataset, written from the frames."""
+    """The report's plain answer, per panel, written from the frames."""
     s, lines = study.study, []
-    for dataset in summary["dataset"].unique():
-        in_ds = summary[summary["dataset"] == dataset]
+    for panel in summary["panel"].unique():
+        in_ds = summary[summary["panel"] == panel]
         metric = quality_metrics(in_ds["task"].iloc[0])[0][1]
         ranges = [f"{v} {g[COST].min():.3f}" + (f"-{g[COST].max():.3f}" if len(g) > 1 else "")
                   for v, g in in_ds.dropna(subset=[COST]).groupby("variant", sort=False)]
         points = in_ds.set_index("config")
-        lines += [f"**{dataset}** (quality = {metric}; cost = executed FFN FLOPs over prompt and generated tokens, "
+        lines += [f"**{panel}** (quality = {metric}; cost = executed FFN FLOPs over prompt and generated tokens, "
                   "as a fraction of dense):", f"- Cost by variant: {'; '.join(ranges)}.",
                   "- Frontier (no other config is both cheaper and better, by point estimates; cost, quality): "
                   + ", ".join(f"{c} ({points.loc[c, COST]:.3f}, {points.loc[c, 'quality']:.4f})" for c in frontier(in_ds))
                   + ". Off it, each with a config that costs no more and scores no less: "
                   + (", ".join(f"{c} (by {d})" for c, d in dominated(in_ds).items()) or "none") + "."]
-        here = costs[costs["dataset"] == dataset] if len(costs) else costs
+        here = costs[costs["panel"] == panel] if len(costs) else costs
         equal = of_kind(here, "equal")
         if len(equal):
             lines += [f"- At equal cost (within {s.equal_flops_tolerance}): {cost_sentence(r, s.baseline)}"
@@ -277,7 +278,7 @@ def answer_lines(summary: pd.DataFrame, comparisons: pd.DataFrame, costs: pd.Dat
                   f"{matched_sentence(r, s.baseline)}" for _, r in matched.iterrows()]
         if not len(matched):
             lines.append("- No config of one variant is cheaper than a config of another at a quality not shown worse.")
-        mine = comparisons[comparisons["dataset"] == dataset] if len(comparisons) else comparisons
+        mine = comparisons[comparisons["panel"] == panel] if len(comparisons) else comparisons
         lines += [f"- At the same budget: {saving_sentence(r, summary, s.equal_flops_tolerance)}"
                   for _, r in mine.iterrows()]
         lines.append("")

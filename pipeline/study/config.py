@@ -1,10 +1,12 @@
 """A study's configuration, and the sweep cells it expands to: one validated JobConfig per cell.
 
 A study YAML names a `base` job config (model, generation, pool, ...), `variants` (a name plus a
-partial `dart:` override), `budgets` (a name plus a partial `dart:` override) and `datasets` (a
-name plus the job sections that read it). Each (dataset x variant x budget) expands to one validated
+partial `dart:` override), `budgets` (a name plus a partial `dart:` override), `datasets` (a
+name plus the job sections that read it) and, optionally, `models` (a name plus a partial `model:`
+override: model size as an axis). Each (model x dataset x variant x budget) expands to one validated
 JobConfig: the same plan gives every config the same items, the config fingerprint keeps runs apart,
-and a rerun resumes. A dense variant runs once per dataset.
+and a rerun resumes. A dense variant runs once per model and dataset. Without `models` the cells are
+exactly those of a study without the axis (same configs, same runs).
 """
 from __future__ import annotations
 
@@ -40,6 +42,13 @@ class DatasetConfig(FrozenModel):
                                 "input (paths, columns), and e.g. generation or summarize/qa settings.")
 
 
+class ModelAxisConfig(FrozenModel):
+    name: str = Field(pattern=NAME, description="Model name in tables and plots (e.g. qwen-1.5b).")
+    model: dict[str, Any] = Field(min_length=1, description="Partial `model:` override merged over `base` and "
+                                  "the dataset's job, e.g. {source: qwen2.5-coder-1.5b-instruct}. It may not "
+                                  "set a key a dataset sets.")
+
+
 class StudySettings(FrozenModel):
     name: str = Field(pattern=NAME, description="Study name; its directory is <output>/<name>.")
     output: str = Field("outputs/studies", description="Root of study directories (relative to the working directory).")
@@ -67,10 +76,13 @@ class StudyConfig(FrozenModel):
     variants: list[VariantConfig] = Field(min_length=1, description="Methods and their variants.")
     budgets: list[BudgetConfig] = Field(min_length=1, description="Sparsity budgets.")
     datasets: list[DatasetConfig] = Field(min_length=1, description="Datasets, each with its task.")
+    models: list[ModelAxisConfig] = Field(default_factory=list, description="Models, listed smallest first: the "
+                                          "report reads the trend with size in this order and runs them in it "
+                                          "(empty: the one model of `base` and the datasets, no model axis).")
 
     @model_validator(mode="after")
     def _names(self) -> "StudyConfig":
-        for kind in ("variants", "budgets", "datasets"):
+        for kind in ("variants", "budgets", "datasets", "models"):
             names = [x.name for x in getattr(self, kind)]
             if len(set(names)) != len(names):
                 raise ValueError(f"{kind} names must be unique, got {names}")
@@ -83,6 +95,12 @@ class StudyConfig(FrozenModel):
         if named - variants:
             raise ValueError(f"study.baseline/compare name unknown variant(s) {sorted(named - variants)}; "
                              f"variants: {sorted(variants)}")
+        for ds in self.datasets:
+            for model in self.models:
+                clash = sorted(set(ds.job.get("model") or {}) & set(model.model))
+                if clash:
+                    raise ValueError(f"model {model.name} and dataset {ds.name} both set model.{clash[0]}: "
+                                     "set it in one place")
         return self
 
     @property
@@ -98,6 +116,7 @@ class StudyRun:
     variant: str
     budget: str | None          # None for a dense variant
     config: JobConfig
+    model: str | None = None    # the models axis's name; None in a study without one
 
     @property
     def label(self) -> str:
@@ -113,25 +132,37 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def expand(study: StudyConfig) -> list[StudyRun]:
-    """Every (dataset x variant x budget) as a validated JobConfig, in a fixed order."""
+    """Every (model x dataset x variant x budget) as a validated JobConfig, in a fixed order: models
+    as listed (the smallest first), so the sweep finishes every cell of one model before the next."""
     runs = []
-    for ds in study.datasets:
-        data = merge(study.base, ds.job)
-        data = merge(data, {"output": {"dir": str(study.directory.parent / "runs")}})
-        if study.study.limit is not None:
-            data = merge(data, {"input": {"limit": study.study.limit}})
-        for variant in study.variants:
-            dense = merge(data.get("dart", {}), variant.dart).get("method", "dart") == "dense"
-            budgets = [None] if dense else [b for b in study.budgets if variant.budgets is None or b.name in variant.budgets]
-            for budget in budgets:
-                dart = merge(data.get("dart", {}), {} if budget is None else budget.dart)
-                cell = merge(data, {"dart": merge(dart, variant.dart)})
-                label = variant.name if budget is None else f"{variant.name}@{budget.name}"
-                try:
-                    config = parse_config(cell)
-                except ValueError as err:
-                    raise ValueError(f"study config {label} on dataset {ds.name}: {err}") from None
-                runs.append(StudyRun(ds.name, variant.name, None if budget is None else budget.name, config))
+    for model in study.models or [None]:
+        for ds in study.datasets:
+            data = merge(study.base, ds.job)
+            data = merge(data, {"output": {"dir": str(study.directory.parent / "runs")}})
+            if study.study.limit is not None:
+                data = merge(data, {"input": {"limit": study.study.limit}})
+            if model is not None:
+                data = merge(data, {"model": model.model})
+            runs += dataset_cells(study, data, ds.name, None if model is None else model.name)
+    return runs
+
+
+def dataset_cells(study: StudyConfig, data: dict[str, Any], dataset: str, model: str | None) -> list[StudyRun]:
+    """The variant x budget cells of one dataset (and model) over its merged job data."""
+    runs = []
+    for variant in study.variants:
+        dense = merge(data.get("dart", {}), variant.dart).get("method", "dart") == "dense"
+        budgets = [None] if dense else [b for b in study.budgets if variant.budgets is None or b.name in variant.budgets]
+        for budget in budgets:
+            dart = merge(data.get("dart", {}), {} if budget is None else budget.dart)
+            cell = merge(data, {"dart": merge(dart, variant.dart)})
+            label = variant.name if budget is None else f"{variant.name}@{budget.name}"
+            where = f"dataset {dataset}" + ("" if model is None else f", model {model}")
+            try:
+                config = parse_config(cell)
+            except ValueError as err:
+                raise ValueError(f"study config {label} on {where}: {err}") from None
+            runs.append(StudyRun(dataset, variant.name, None if budget is None else budget.name, config, model))
     return runs
 
 

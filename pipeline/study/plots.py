@@ -1,7 +1,8 @@
 """PNG plots of a study (matplotlib, Agg): quality against end-to-end FFN FLOPs (the main view) and
 against applied sparsity, drift positions, per-layer keep ratios, cost.
 
-One file per plot and dataset, named `<plot>_<dataset>.png`. Every figure says in its title what
+One file per plot and panel (a dataset; in a study with a models axis, one model's dataset,
+`<dataset>_<model>`), named `<plot>_<panel>.png`. Every figure says in its title what
 it shows, so a reader can follow the result from the plots alone.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ SPARE_COLORS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,9 +38,9 @@ def colors(variants: list[str], methods: list[str]) -> dict[str, str]:
     return out
 
 
-def _ok_items(results: pd.DataFrame, dataset: str, config: str) -> pd.DataFrame:
-    """The rows of one config on one dataset that finished without error."""
-    return results[(results["dataset"] == dataset) & (results["config"] == config) & (results["status"] == "ok")]
+def _ok_items(results: pd.DataFrame, panel: str, config: str) -> pd.DataFrame:
+    """The rows of one config on one panel that finished without error."""
+    return results[(results["panel"] == panel) & (results["config"] == config) & (results["status"] == "ok")]
 
 
 def _style(summary: pd.DataFrame):
@@ -49,18 +50,18 @@ def _style(summary: pd.DataFrame):
     return palette, markers
 
 
-def _err(row: pd.Series, name: str) -> list[list[float]]:
+def error_bars(row: pd.Series, name: str) -> list[list[float]]:
     low, high = row[f"{name}_low"], row[f"{name}_high"]
     if pd.isna(low):
         return [[0.0], [0.0]]
     return [[max(row[name] - low, 0.0)], [max(high - row[name], 0.0)]]
 
 
-def cost_quality(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, baseline: str) -> None:
+def cost_quality(summary: pd.DataFrame, panel: str, path: Path, confidence: float, baseline: str) -> None:
     """Quality and agreement with the baseline against executed FFN FLOPs over dense (prompt and generated
     tokens), CI bars both ways; each variant's configs joined by cost, through the baseline at full cost."""
-    plt = _pyplot()
-    data = summary[summary["dataset"] == dataset]
+    plt = pyplot()
+    data = summary[summary["panel"] == panel]
     metric = quality_metrics(data["task"].iloc[0])[0][1]
     panels = [("quality", f"{metric} vs reference (higher is better)"),
               ("dense_rouge_l", f"agreement with {baseline} output, ROUGE-L (higher is better)")]
@@ -76,8 +77,8 @@ def cost_quality(summary: pd.DataFrame, dataset: str, path: Path, confidence: fl
             if pd.isna(row[column]) or pd.isna(row["executed_flops_ratio"]):
                 continue
             color, marker = palette[row["variant"]], markers[row["budget"]]
-            ax.errorbar([row["executed_flops_ratio"]], [row[column]], xerr=_err(row, "executed_flops_ratio"),
-                        yerr=_err(row, column), fmt=marker, color=color, ms=9, capsize=3, label=row["config"],
+            ax.errorbar([row["executed_flops_ratio"]], [row[column]], xerr=error_bars(row, "executed_flops_ratio"),
+                        yerr=error_bars(row, column), fmt=marker, color=color, ms=9, capsize=3, label=row["config"],
                         mfc="none" if row["prefill_mode"] == "dense" and row["variant"] != baseline else color)
             ax.annotate(row["config"], (row["executed_flops_ratio"], row[column]), textcoords="offset points",
                         xytext=(6, 6 + 11 * (k % 3)), fontsize=8, color=color)
@@ -86,17 +87,17 @@ def cost_quality(summary: pd.DataFrame, dataset: str, path: Path, confidence: fl
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best")
     n = int(data["ok_items"].max())
-    fig.suptitle(f"{dataset}: quality against end-to-end FFN compute ({n} items, {confidence:.0%} bootstrap CIs "
+    fig.suptitle(f"{panel}: quality against end-to-end FFN compute ({n} items, {confidence:.0%} bootstrap CIs "
                  f"on both axes; hollow = dense prompt, filled = pruned prompt)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def pareto(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, baseline: str) -> None:
+def pareto(summary: pd.DataFrame, panel: str, path: Path, confidence: float, baseline: str) -> None:
     """Quality (and agreement, NLL) against applied sparsity, CI bars both ways; target sparsity hollow."""
-    plt = _pyplot()
-    data = summary[summary["dataset"] == dataset]
+    plt = pyplot()
+    data = summary[summary["panel"] == panel]
     metric = quality_metrics(data["task"].iloc[0])[0][1]
     panels = [("quality", f"{metric} vs reference (higher is better)"),
               ("dense_rouge_l", f"agreement with {baseline} output, ROUGE-L (higher is better)")]
@@ -116,8 +117,8 @@ def pareto(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, b
                         ls=":", alpha=0.7)
                 ax.scatter([row["target_sparsity"]], [row[column]], facecolors="none", edgecolors=color,
                            marker=marker, s=60, alpha=0.7)
-            ax.errorbar([row["applied_sparsity"]], [row[column]], xerr=_err(row, "applied_sparsity"),
-                        yerr=_err(row, column), fmt=marker, color=color, ms=9, capsize=3, label=row["config"])
+            ax.errorbar([row["applied_sparsity"]], [row[column]], xerr=error_bars(row, "applied_sparsity"),
+                        yerr=error_bars(row, column), fmt=marker, color=color, ms=9, capsize=3, label=row["config"])
             ax.annotate(row["config"], (row["applied_sparsity"], row[column]), textcoords="offset points",
                         xytext=(6, 6 + 11 * (k % 3)), fontsize=8, color=color)
         ax.set_xlabel("FFN sparsity applied per generated token (telemetry)")
@@ -126,24 +127,24 @@ def pareto(summary: pd.DataFrame, dataset: str, path: Path, confidence: float, b
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best")
     n = int(data["ok_items"].max())
-    fig.suptitle(f"{dataset}: quality against the sparsity applied per generated token ({n} items, {confidence:.0%} bootstrap "
+    fig.suptitle(f"{panel}: quality against the sparsity applied per generated token ({n} items, {confidence:.0%} bootstrap "
                  f"CIs; hollow marker = configured target, filled = applied)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def drift(results: pd.DataFrame, summary: pd.DataFrame, dataset: str, path: Path) -> None:
+def drift(results: pd.DataFrame, summary: pd.DataFrame, panel: str, path: Path) -> None:
     """Where drift events fire in the generation, how many per item, and sparsity by token position."""
-    plt = _pyplot()
-    data = summary[summary["dataset"] == dataset]
+    plt = pyplot()
+    data = summary[summary["panel"] == panel]
     palette, _ = _style(data)
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     bins = np.linspace(0, 1, 11)
     pruned = data[data["method"] != "dense"].reset_index(drop=True)
     bar = 0.8 / max(len(pruned), 1)
     for _, row in data.iterrows():
-        items = _ok_items(results, dataset, row["config"])
+        items = _ok_items(results, panel, row["config"])
         color = palette[row["variant"]]
         positions = [p / max(n, 1) for ps, n in zip(items["drift_positions"], items["generated_tokens"])
                      for p in (ps if ps is not None else [])]
@@ -175,19 +176,19 @@ def drift(results: pd.DataFrame, summary: pd.DataFrame, dataset: str, path: Path
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{dataset}: drift events and the sparsity they leave", fontsize=11)
+    fig.suptitle(f"{panel}: drift events and the sparsity they leave", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def layer_heatmap(results: pd.DataFrame, summary: pd.DataFrame, dataset: str, path: Path) -> None:
+def layer_heatmap(results: pd.DataFrame, summary: pd.DataFrame, panel: str, path: Path) -> None:
     """Mean kept fraction of each layer's final FFN mask, configs x layers."""
-    plt = _pyplot()
-    data = summary[summary["dataset"] == dataset]
+    plt = pyplot()
+    data = summary[summary["panel"] == panel]
     matrix = []
     for config in data["config"]:
-        items = _ok_items(results, dataset, config)
+        items = _ok_items(results, panel, config)
         rows = [np.asarray(k, dtype=float) for k in items["kept_fraction_per_layer"] if k is not None and len(k)]
         matrix.append(np.mean(rows, axis=0) if rows else None)
     width = max((len(m) for m in matrix if m is not None), default=1)
@@ -203,16 +204,16 @@ def layer_heatmap(results: pd.DataFrame, summary: pd.DataFrame, dataset: str, pa
                 ax.text(j, i, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=6,
                         color="white" if value < 0.6 else "black")
     fig.colorbar(image, ax=ax, label="kept fraction of FFN neurons")
-    ax.set_title(f"{dataset}: kept fraction per layer of the final masks (mean over items; 1 = dense)", fontsize=10)
+    ax.set_title(f"{panel}: kept fraction per layer of the final masks (mean over items; 1 = dense)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def cost(summary: pd.DataFrame, dataset: str, path: Path) -> None:
+def cost(summary: pd.DataFrame, panel: str, path: Path) -> None:
     """Throughput, FFN FLOPs (kept and executed) over dense, DART state bytes per sequence."""
-    plt = _pyplot()
-    data = summary[summary["dataset"] == dataset].reset_index(drop=True)
+    plt = pyplot()
+    data = summary[summary["panel"] == panel].reset_index(drop=True)
     palette, _ = _style(data)
     x, bar_colors = np.arange(len(data)), [palette[v] for v in data["variant"]]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
@@ -237,21 +238,21 @@ def cost(summary: pd.DataFrame, dataset: str, path: Path) -> None:
     for ax in axes:
         ax.set_xticks(x, list(data["config"]), rotation=20, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{dataset}: cost of each config", fontsize=11)
+    fig.suptitle(f"{panel}: cost of each config", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_all(results: pd.DataFrame, summary: pd.DataFrame, study: StudyConfig, root: Path) -> list[Path]:
-    """Every plot of every dataset; returns the written paths."""
+    """Every plot of every panel; returns the written paths."""
     written = []
-    for dataset in summary["dataset"].unique():
-        paths = {name: root / f"{name}_{dataset}.png" for name in ("cost_quality", "pareto", "drift", "layers", "cost")}
-        cost_quality(summary, dataset, paths["cost_quality"], study.study.confidence, study.study.baseline)
-        pareto(summary, dataset, paths["pareto"], study.study.confidence, study.study.baseline)
-        drift(results, summary, dataset, paths["drift"])
-        layer_heatmap(results, summary, dataset, paths["layers"])
-        cost(summary, dataset, paths["cost"])
+    for panel in summary["panel"].unique():
+        paths = {name: root / f"{name}_{panel}.png" for name in ("cost_quality", "pareto", "drift", "layers", "cost")}
+        cost_quality(summary, panel, paths["cost_quality"], study.study.confidence, study.study.baseline)
+        pareto(summary, panel, paths["pareto"], study.study.confidence, study.study.baseline)
+        drift(results, summary, panel, paths["drift"])
+        layer_heatmap(results, summary, panel, paths["layers"])
+        cost(summary, panel, paths["cost"])
         written.extend(paths.values())
     return written

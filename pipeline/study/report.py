@@ -18,6 +18,7 @@ from .answer import answer_lines, cost_frame, paired_flops
 from .config import StudyConfig
 from .plots import plot_all
 from .results import quality_metrics
+from .scale import coverage_rows, write_scale
 from .stats import EMPTY, Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
 
 # Columns every task has beside its quality metrics: (column, title, lower is better).
@@ -52,12 +53,12 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[np.ndarray, 
 
 
 def summary_frame(results: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
-    """One row per (dataset, config), in sweep order: counts, estimates with CIs, costs."""
+    """One row per (panel, config), in sweep order: counts, estimates with CIs, costs."""
     boot, rows = _boot(study), []
-    for (dataset, config), group in results.groupby(["dataset", "config"], sort=False):
+    for (panel, config), group in results.groupby(["panel", "config"], sort=False):
         ok, first = _ok(group), group.iloc[0]
-        base = _ok(results[(results["dataset"] == dataset) & (results["variant"] == study.study.baseline)])
-        row = {key: first[key] for key in ("dataset", "config", "task", "variant", "budget", "method",
+        base = _ok(results[(results["panel"] == panel) & (results["variant"] == study.study.baseline)])
+        row = {key: first[key] for key in ("panel", "model_name", "dataset", "config", "task", "variant", "budget", "method",
                                             "budget_kind", "prefill_mode", "target_sparsity")}
         row.update(items=len(group), ok_items=len(ok), error_items=len(group) - len(ok))
         _put(row, "executed_flops_ratio", bootstrap_ratio(ok["ffn_flops_executed"], ok["ffn_flops_dense"], **boot))
@@ -109,8 +110,8 @@ def verdict(a: str, b: str, metric: str, diff: Estimate, sparsity_a: float, spar
 def comparisons_frame(results: pd.DataFrame, summary: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
     """Paired differences a - b (same items) at each budget both variants ran."""
     boot, rows = _boot(study), []
-    for dataset in summary["dataset"].unique():
-        in_ds = summary[summary["dataset"] == dataset]
+    for panel in summary["panel"].unique():
+        in_ds = summary[summary["panel"] == panel]
         task = in_ds["task"].iloc[0]
         metric = quality_metrics(task)[0][1]
         for a, b in study.study.compare:
@@ -119,13 +120,13 @@ def comparisons_frame(results: pd.DataFrame, summary: pd.DataFrame, study: Study
                 sb = in_ds[(in_ds["variant"] == b) & (in_ds["budget"] == budget)]
                 if sb.empty:
                     continue
-                pick = lambda v: _ok(results[(results["dataset"] == dataset) & (results["variant"] == v)  # noqa: E731
+                pick = lambda v: _ok(results[(results["panel"] == panel) & (results["variant"] == v)  # noqa: E731
                                              & (results["budget"] == budget)])
                 ra, rb = pick(a), pick(b)
                 diff = paired_difference(*_paired(ra, rb, "quality"), **boot)
                 agree = paired_difference(*_paired(ra, rb, "dense_rouge_l"), **boot)
                 s_a, s_b = float(sa["applied_sparsity"].iloc[0]), float(sb["applied_sparsity"].iloc[0])
-                row = {"dataset": dataset, "a": f"{a}@{budget}", "b": f"{b}@{budget}", "metric": metric,
+                row = {"panel": panel, "a": f"{a}@{budget}", "b": f"{b}@{budget}", "metric": metric,
                        "paired_items": diff.n, "executed_flops_a": float(sa["executed_flops_ratio"].iloc[0]),
                        "executed_flops_b": float(sb["executed_flops_ratio"].iloc[0]),
                        "applied_sparsity_a": s_a, "applied_sparsity_b": s_b,
@@ -134,19 +135,19 @@ def comparisons_frame(results: pd.DataFrame, summary: pd.DataFrame, study: Study
                                           study.study.equal_sparsity_tolerance)}
                 _put(row, "quality_diff", diff)
                 _put(row, "agreement_diff", agree)
-                _put(row, "flops_diff", paired_flops(results, dataset, f"{a}@{budget}", f"{b}@{budget}", boot))
+                _put(row, "flops_diff", paired_flops(results, panel, f"{a}@{budget}", f"{b}@{budget}", boot))
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
 def findings(summary: pd.DataFrame, comparisons: pd.DataFrame, study: StudyConfig) -> list[str]:
-    """Plain-language lines per dataset: quality retained at its end-to-end cost and applied sparsity, then
+    """Plain-language lines per panel: quality retained at its end-to-end cost and applied sparsity, then
     the verdicts at equal applied sparsity."""
     lines = []
-    for dataset in summary["dataset"].unique():
-        in_ds = summary[summary["dataset"] == dataset]
+    for panel in summary["panel"].unique():
+        in_ds = summary[summary["panel"] == panel]
         metric = quality_metrics(in_ds["task"].iloc[0])[0][1]
-        lines.append(f"**{dataset}** ({int(in_ds['items'].max())} items, quality = {metric}):")
+        lines.append(f"**{panel}** ({int(in_ds['items'].max())} items, quality = {metric}):")
         for _, row in in_ds.iterrows():
             if row["variant"] == study.study.baseline:
                 lines.append(f"- {row['config']} (baseline): {metric} {_est(row, 'quality').format()} at "
@@ -160,7 +161,7 @@ def findings(summary: pd.DataFrame, comparisons: pd.DataFrame, study: StudyConfi
                 f"applied FFN sparsity {row['applied_sparsity']:.3f} per generated token "
                 f"(target {row['target_sparsity']:.2f}); output agreement with {study.study.baseline} "
                 f"(ROUGE-L) {row['dense_rouge_l']:.3f}; {row['drift_events_per_item']:.2f} drift events per item.")
-        for _, row in comparisons[comparisons["dataset"] == dataset].iterrows() if len(comparisons) else []:
+        for _, row in comparisons[comparisons["panel"] == panel].iterrows() if len(comparisons) else []:
             lines.append(f"- **Verdict:** {row['verdict']}")
         lines.append("")
     return lines
@@ -175,15 +176,20 @@ def _f(value: Any, fmt: str = "{:.3f}") -> str:
     return "-" if value is None or pd.isna(value) else fmt.format(value)
 
 
+def panel_title(frame: pd.DataFrame) -> str:
+    """The tables' first header: a panel is a dataset, or `<dataset>_<model>` in a study with a models axis."""
+    return "dataset" if "model_name" not in frame or (frame["model_name"] == "-").all() else "dataset_model"
+
+
 def results_table(summary: pd.DataFrame) -> str:
     """The main table: one line per config."""
-    headers = ["dataset", "config", "items (errors)", "executed FFN FLOPs vs dense [95% CI]", "quality [CI]",
+    headers = [panel_title(summary), "config", "items (errors)", "executed FFN FLOPs vs dense [95% CI]", "quality [CI]",
                "retained vs dense [CI]", "agreement w/ dense ROUGE-L [CI]", "target sparsity",
                "applied sparsity, generated [CI]", "prompt sparsity", "prefill blocks/item", "ref. NLL/token [CI]",
                "drift events/item", "tokens/s/seq", "kept FLOPs", "state KiB"]
     rows = []
     for _, r in summary.iterrows():
-        rows.append([r["dataset"], r["config"], f"{r['items']} ({r['error_items']})",
+        rows.append([r["panel"], r["config"], f"{r['items']} ({r['error_items']})",
                      _est(r, "executed_flops_ratio").format(), _est(r, "quality").format("{:.4f}"),
                      _est(r, "retained").format("{:.1%}"), _est(r, "dense_rouge_l").format(),
                      _f(r["target_sparsity"], "{:.2f}"), _est(r, "applied_sparsity").format(),
@@ -200,39 +206,51 @@ def metrics_table(summary: pd.DataFrame) -> str:
     for _, r in summary.iterrows():
         cells = [f"{title} {_est(r, column).format()}" for column, title in quality_metrics(r["task"]) + AGREEMENT
                  if not pd.isna(r.get(column, np.nan))]
-        rows.append([r["dataset"], r["config"], "; ".join(cells)])
-    return markdown_table(["dataset", "config", "metrics (mean [CI])"], rows)
+        rows.append([r["panel"], r["config"], "; ".join(cells)])
+    return markdown_table([panel_title(summary), "config", "metrics (mean [CI])"], rows)
 
 
-def comparisons_table(comparisons: pd.DataFrame) -> str:
+def comparisons_table(comparisons: pd.DataFrame, title: str = "dataset") -> str:
     if comparisons.empty:
         return "No paired comparison applies (study.compare names no pair that ran at a common budget)."
-    rows = [[r["dataset"], f"{r['a']} - {r['b']}", str(r["paired_items"]),
+    rows = [[r["panel"], f"{r['a']} - {r['b']}", str(r["paired_items"]),
              f"{r['executed_flops_a']:.3f} / {r['executed_flops_b']:.3f}",
              _est(r.rename({"paired_items": "ok_items"}), "flops_diff").format("{:+.3f}"),
              f"{r['applied_sparsity_a']:.3f} / {r['applied_sparsity_b']:.3f}", "yes" if r["equal_sparsity"] else "no",
              _est(r.rename({"paired_items": "ok_items"}), "quality_diff").format("{:+.4f}"),
              _est(r.rename({"paired_items": "ok_items"}), "agreement_diff").format("{:+.4f}")]
             for _, r in comparisons.iterrows()]
-    return markdown_table(["dataset", "a - b", "paired items", "executed FLOPs a / b", "FLOPs diff [CI]",
+    return markdown_table([title, "a - b", "paired items", "executed FLOPs a / b", "FLOPs diff [CI]",
                            "applied sparsity a / b", "equal sparsity (tol.)", "quality diff [CI]",
                            "agreement diff [CI]"], rows)
 
 
-def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: pd.DataFrame, answer: list[str],
-                    lines: list[str], plots: list[Path], study: StudyConfig) -> str:
+def scope(results: pd.DataFrame, summary: pd.DataFrame, study: StudyConfig) -> str:
+    """The report's first line: which models and datasets, how many configs and items."""
     s = study.study
-    model = results["model"].dropna().iloc[0] if results["model"].notna().any() else "?"
+    if study.models:
+        sources = results.drop_duplicates("model_name").set_index("model_name")["model"]
+        model = "Models " + ", ".join(f"{m} (`{sources[m]}`)" for m in sources.index)
+    else:
+        model = f"Model `{results['model'].dropna().iloc[0] if results['model'].notna().any() else '?'}`"
+    return (f"{model}; datasets {', '.join(summary['dataset'].unique())}; {len(summary)} configs; "
+            f"{int(summary['items'].max())} items per config at most. Intervals: {s.confidence:.0%} percentile "
+            f"bootstrap over items ({s.bootstrap_samples} resamples, seed {s.seed}); differences are paired by item.")
+
+
+def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: pd.DataFrame, answer: list[str],
+                    lines: list[str], plots: list[Path], study: StudyConfig, across: list[str] = ()) -> str:
+    s = study.study
+    coverage = ["Rows per cell (partial: its run has not finished every item; its figures cover the rows done, "
+                "paired with the baseline's rows of the same items):", "",
+                markdown_table(["model", "dataset", "config", "rows done", "state"], coverage_rows(summary, study)), ""]
     parts = [
-        f"# Study `{s.name}`", "",
-        f"Model `{model}`; datasets {', '.join(summary['dataset'].unique())}; {len(summary)} configs; "
-        f"{int(summary['items'].max())} items per config. Intervals: {s.confidence:.0%} percentile bootstrap over "
-        f"items ({s.bootstrap_samples} resamples, seed {s.seed}); differences are paired by item.", "",
+        f"# Study `{s.name}`", "", scope(results, summary, study), "", *across, *(coverage if study.models else []),
         "## Plain answer: quality against end-to-end FFN FLOPs", "", *answer,
         "## Findings", "", *lines,
         "## Results", "", results_table(summary), "",
         "## All quality metrics", "", metrics_table(summary), "",
-        "## Paired comparisons (same items)", "", comparisons_table(comparisons), "",
+        "## Paired comparisons (same items)", "", comparisons_table(comparisons, panel_title(summary)), "",
         "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",
         "## How to read this", "",
         "- *Executed FFN FLOPs vs dense* (the cost, the main axis): FFN FLOPs computed over the prompt and the "
@@ -271,8 +289,10 @@ def write_report(results: pd.DataFrame, study: StudyConfig, root: Path) -> dict[
     comparisons.to_csv(root / "comparisons.csv", index=False)
     costs.to_csv(root / "equal_cost.csv", index=False)
     plots = plot_all(results, summary, study, root)
+    across, scale_plots = write_scale(results, summary, study, root, _boot(study)) if study.models else ([], [])
     answer = answer_lines(summary, comparisons, costs, study)
-    text = markdown_report(results, summary, comparisons, answer, findings(summary, comparisons, study), plots, study)
+    text = markdown_report(results, summary, comparisons, answer, findings(summary, comparisons, study),
+                           scale_plots + plots, study, across)
     write_atomic_bytes(root / "report.md", text.encode())
     return {"report": str(root / "report.md"), "summary_csv": str(root / "summary.csv"),
             "plots": [str(p) for p in plots], "summary": summary, "comparisons": comparisons, "costs": costs}

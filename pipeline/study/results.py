@@ -1,6 +1,8 @@
 """A study's per-item results: every run's output rows with the study's labels and derived columns.
 
-results.parquet has one row per item x config. The report reads only this table: quality from the
+results.parquet has one row per item x config. A config's rows are told apart by `panel`: the dataset,
+or in a study with a models axis `<dataset>_<model>` (`model_name` the axis's name, "-" without one).
+The report reads only this table: quality from the
 task's metrics (the task registry), sparsity from telemetry, agreement against the baseline's output
 of the same item, and the end-to-end cost: `executed_flops_ratio`, the FFN FLOPs the item's sequence
 executed over the prompt and the generated tokens against a dense run of the same tokens.
@@ -26,6 +28,11 @@ def quality_metrics(task: str) -> list[tuple[str, str]]:
     return list(TASKS[task].quality_metrics)
 
 
+def panel_name(dataset: str, model: str | None) -> str:
+    """The report's unit: a dataset, or one model's dataset in a study with a models axis."""
+    return dataset if model in (None, "-") else f"{dataset}_{model}"
+
+
 def run_table(run: StudyRun, summary: dict[str, Any]) -> pd.DataFrame | None:
     """The run's output rows with the study's labels; None when it has no parts yet."""
     parts = Path(summary["run_dir"]) / "parts"
@@ -33,7 +40,8 @@ def run_table(run: StudyRun, summary: dict[str, Any]) -> pd.DataFrame | None:
         return None
     frame = pq.read_table(parts).to_pandas()
     dart = run.config.dart
-    labels = {"dataset": run.dataset, "task": run.config.task, "variant": run.variant,
+    labels = {"panel": panel_name(run.dataset, run.model), "model_name": run.model or "-",
+              "dataset": run.dataset, "task": run.config.task, "variant": run.variant,
               "budget": run.budget or "-", "config": run.label, "method": dart.method,
               "budget_kind": dart.budget if dart.prunes else "-", "prefill_mode": dart.prefill.mode,
               "target_sparsity": dart.target_sparsity if dart.prunes else 0.0, "run_dir": summary["run_dir"]}
@@ -43,12 +51,12 @@ def run_table(run: StudyRun, summary: dict[str, Any]) -> pd.DataFrame | None:
 
 def agreement(frame: pd.DataFrame, ok: pd.Series, baseline: str) -> tuple[list[float], list[float], list[float]]:
     """Per row: ROUGE-L, word match and identity of the output against the baseline's output of the
-    same item (NaN for error rows and items the baseline lacks)."""
-    reference = frame[ok & (frame["variant"] == baseline)].set_index(["dataset", "id"])["output"]
+    same item in the same panel (NaN for error rows and items the baseline lacks)."""
+    reference = frame[ok & (frame["variant"] == baseline)].set_index(["panel", "id"])["output"]
     lookup = reference.to_dict()
     agree_rouge, agree_words, agree_exact = [], [], []
-    for dataset, row_id, output, good in zip(frame["dataset"], frame["id"], frame["output"], ok):
-        base = lookup.get((dataset, row_id))
+    for panel, row_id, output, good in zip(frame["panel"], frame["id"], frame["output"], ok):
+        base = lookup.get((panel, row_id))
         if not good or base is None or output is None:
             agree_rouge.append(np.nan), agree_words.append(np.nan), agree_exact.append(np.nan)
             continue
@@ -61,6 +69,9 @@ def agreement(frame: pd.DataFrame, ok: pd.Series, baseline: str) -> tuple[list[f
 def derive(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per-item columns the report reads: primary quality, speed, FLOP ratios, agreement with baseline."""
     out = frame.copy()
+    if "panel" not in out:     # rows labelled before the models axis: one model, a panel per dataset
+        out.insert(0, "model_name", "-")
+        out.insert(0, "panel", out["dataset"])
     ok = out["status"] == "ok"
     out["quality"] = np.nan
     for task in out.loc[ok, "task"].unique():

@@ -48,7 +48,8 @@ def run_cells(name: str, runs: list[StudyRun]) -> list[dict[str, Any]]:
         with WorkerPool(runs[cells[0]].config) as pool:
             for k in cells:
                 run = runs[k]
-                log.info("study %s: config %d/%d %s on %s", name, k + 1, len(runs), run.label, run.dataset)
+                on = run.dataset if run.model is None else f"{run.dataset}, model {run.model}"
+                log.info("study %s: config %d/%d %s on %s", name, k + 1, len(runs), run.label, on)
                 summaries[k] = run_job(run.config, pool)
     return [summaries[k] for k in range(len(runs))]
 
@@ -61,7 +62,8 @@ def run_study(study: StudyConfig, report_only: bool = False) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     write_atomic_bytes(root / "study.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False).encode())
     summaries = [run_state(run) for run in runs] if report_only else run_cells(study.study.name, runs)
-    write_json(root / "runs.json", [{"dataset": r.dataset, "config": r.label, **s} for r, s in zip(runs, summaries)])
+    write_json(root / "runs.json", [{"model": r.model, "dataset": r.dataset, "config": r.label, **s}
+                                    for r, s in zip(runs, summaries)])
     results = collect(runs, summaries, study.study.baseline)
     write_results(results, root / "results.parquet")
     written = write_report(results, study, root)
