@@ -18,7 +18,7 @@ class ModelShape:
 class FfnExecution:
     """How one forward ran the FFN, as seen by one sequence in it (dart.compact names the paths)."""
 
-    path: str = "masked"                  # masked | compact | union | rowwise
+    path: str = "masked"                  # masked | compact | union | rowwise | shared
     widths: list[int] | None = None       # neurons computed per layer; None: all N
     mask_elements: int = 0                # mask multiplies per token (masked and union paths)
     sequences: int = 1                    # distinct sequences sharing the forward's weight reads
@@ -68,7 +68,8 @@ class ForwardLedger:
     def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, execution: FfnExecution,
                overhead: int = 0) -> None:
         dense = len(kept_counts) * shape.width
-        kept = sum(kept_counts)
+        # a shared decode set replaces the row's own: what it computed is what was applied to it
+        kept = sum(execution.widths) if execution.path == "shared" else sum(kept_counts)
         executed = dense if execution.widths is None else sum(execution.widths)
         self.sparsity.append(1.0 - kept / dense)
         self.tokens.append(tokens)

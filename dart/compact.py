@@ -10,6 +10,8 @@ Paths of one forward (`choose_path`):
 * `union`: rows with distinct kept sets run on the union U of their kept neurons, each row masked
   inside U: one matmul for the batch, reading |U|/N of the dense bytes. Pays when the rows' masks
   overlap (DART's proxies weigh the same neurons for every prompt).
+* `shared` (decode, `decode_masks: shared`): rows with distinct kept sets all run on one set per layer
+  (dart.scores.shared_selection), as `compact`: k/N of the bytes at any batch size.
 * `masked`: dense matmuls times the [B, L, N] masks (calibrating rows, or a union near N).
 * `rowwise` (prompt blocks only, docs/prefill.md): each row's real tokens run on its own gathered
   weights. In decode (one token per row) it never beats the union, which reads at most min(1, G*k/N)
@@ -166,7 +168,7 @@ def choose_block_path(costs: dict[str, float], path: str) -> str:
 class FfnPlan:
     """The FFN path of one forward and, off the masked path, its gathered weights per layer."""
 
-    path: str                                        # masked | compact | union | rowwise
+    path: str                                        # masked | compact | union | rowwise | shared
     weights: list[CompactWeights] | None = None
     widths: list[int] | None = None                  # gathered neurons per layer
     row_weights: list[list[CompactWeights] | None] | None = None   # rowwise: per row (None: idle), per layer

@@ -13,6 +13,7 @@ Ranking = Literal["magnitude", "max", "mean", "combined", "product"]
 Selection = Literal["topk", "mean_threshold"]
 BudgetKind = Literal["uniform", "per_layer", "auto"]
 FfnPath = Literal["auto", "masked", "compact"]
+DecodeMasks = Literal["per_row", "shared"]
 LinearKernel = Literal["auto", "torch", "onednn"]
 RemaskPolicy = Literal["reset", "carry"]
 PrefillMode = Literal["dense", "blockwise"]
@@ -132,6 +133,12 @@ class DartConfig(FrozenModel):
     gather_cost: float | None = Field(None, gt=0, description="Under ffn_path auto, the decode forwards a gather "
                                       "of half the neurons takes to repay; null: measured per engine, device, dtype "
                                       "and batch size (dart/gather.py).")
+    decode_masks: DecodeMasks = Field("per_row", description="per_row: each row decodes on its own kept "
+                                      "neurons (a batch of rows with different sets runs on their union, which at "
+                                      "4 rows and keep 0.5 is nearly every neuron); shared: a decode forward whose "
+                                      "rows hold different sets runs all of them on one set per layer, the top of "
+                                      "their summed scores (each row's scaled to sum 1) at their mean width, so the "
+                                      "FFN shrinks at any batch size, and a row's tokens depend on its batch mates.")
     prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Dense or block-wise prompt.")
     linear_kernel: LinearKernel = Field("auto", description="Matmul kernel of the model's Linears on a CPU: "
                                         "torch's default, oneDNN on packed weights, or auto (the faster of the "

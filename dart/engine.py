@@ -59,8 +59,7 @@ class DartEngine:
         self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])   # DartMLPs' too
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
-        self.gathers = GatherCache([layer.mlp for layer in layers], config.ffn_path, self.dtype,
-                                   onednn=self.kernel == "onednn", gather_cost=config.gather_cost,
+        self.gathers = GatherCache([layer.mlp for layer in layers], config, self.dtype, onednn=self.kernel == "onednn",
                                    cache_dir=cache_root(cache_dir) / "kernels")
         self.eos_ids = eos_token_ids(model, tokenizer)
 

@@ -20,10 +20,12 @@ from .compact import (
     gather_layer,
     union_kept,
 )
+from .scores import shared_selection
 from .kernels import best_seconds, read_verdict, verdict_key, write_verdict
 from .patch import DartMLP
 
 if TYPE_CHECKING:
+    from .config import DartConfig
     from .phase import ForwardPhase
     from .state import SequenceState
 
@@ -40,13 +42,14 @@ class GatherCache:
     set has run `forwards_to_amortize` masked forwards. Under `onednn`, weights gathered for a prompt
     block stay plain and decode forwards run on packed ones."""
 
-    def __init__(self, mlps: list[DartMLP], ffn_path: str, dtype: torch.dtype, onednn: bool = False,
-                 gather_cost: float | None = None, cache_dir: Path | None = None) -> None:
-        self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, ffn_path, dtype, onednn
-        self.fixed_gather_cost, self.cache_dir = gather_cost, cache_dir     # None: measured (cached there)
+    def __init__(self, mlps: list[DartMLP], config: DartConfig, dtype: torch.dtype, onednn: bool = False,
+                 cache_dir: Path | None = None) -> None:
+        self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, config.ffn_path, dtype, onednn
+        self.shared_decode = config.decode_masks == "shared"     # rows of a decode forward share one set
+        self.fixed_gather_cost, self.cache_dir = config.gather_cost, cache_dir    # None: measured (cached there)
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
-        self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and ffn_path != "masked"
+        self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and self.ffn_path != "masked"
         self._down_t: list[torch.Tensor] | None = None
         self.measured_costs: dict[int, float] = {}
         self._key: tuple = ()
@@ -126,7 +129,7 @@ class GatherCache:
             self._key, self._plan = (), MASKED          # free the old copies before gathering new ones
             if decode and self._wait(key, states, active):
                 return MASKED
-            self._key, self._plan = key, self._build(states, active, path, packed=decode and self.onednn)
+            self._key, self._plan = key, self._build(states, active, path, decode)
         elif decode and self.onednn:
             self._plan = self._plan.packed()            # decoding on the set a prompt block gathered
         return self._plan
@@ -138,7 +141,7 @@ class GatherCache:
             return False
         waiting_key, waited, needed = self._waiting
         if waiting_key != key:
-            kept = self._kept(states, active)
+            kept = self._kept(states, active, self._shares(states, active, decode=True))
             fraction = sum(int(k.numel()) for k in kept) / (len(kept) * states[0].shape.width)
             needed = 0 if fraction >= AUTO_MAX_FRACTION else forwards_to_amortize(fraction, self.gather_cost(len(states)))
             waited = 0
@@ -148,11 +151,22 @@ class GatherCache:
         self._waiting = (key, waited + 1, needed)
         return True
 
+    def _shares(self, states: list[SequenceState], active: tuple[int, ...], decode: bool) -> bool:
+        """Whether this forward runs its rows' different kept sets as one shared set (decode_masks: shared)."""
+        return decode and self.shared_decode and len({states[b].uid for b in active}) > 1
+
     @staticmethod
-    def _kept(states: list[SequenceState], active: tuple[int, ...]) -> list[torch.Tensor]:
-        """Per layer, the kept ids of the active rows' one shared set, or the union of their sets."""
+    def _kept(states: list[SequenceState], active: tuple[int, ...], shared: bool = False) -> list[torch.Tensor]:
+        """Per layer, the kept ids of the active rows' one set, the union of their sets, or (`shared`) the
+        set they share: the top of their scores at their mean width."""
         groups = list({states[b].uid: states[b] for b in active}.values())
-        return groups[0].kept if len(groups) == 1 else union_kept([s.kept for s in groups], groups[0].shape.width)
+        if len(groups) == 1:
+            return groups[0].kept
+        if not shared:
+            return union_kept([s.kept for s in groups], groups[0].shape.width)
+        return [shared_selection(torch.stack([s.ranked_scores(layer) for s in groups]),
+                                 round(sum(int(s.kept[layer].numel()) for s in groups) / len(groups)))
+                for layer in range(groups[0].shape.num_layers)]
 
     def _block_path(self, states: list[SequenceState], active: tuple[int, ...], counts: list[int], tokens: int) -> str:
         """masked, compact/union or rowwise for a prompt block, by neuron-tokens per layer. Rowwise keeps a
@@ -182,21 +196,23 @@ class GatherCache:
         return FfnPlan("rowwise", row_weights=row_weights)
 
     def _build(self, states: list[SequenceState], active: tuple[int, ...], path: str | None,
-               packed: bool) -> FfnPlan:
+               decode: bool) -> FfnPlan:
         groups = {states[b].uid for b in active}
         width = states[0].shape.width
-        kept = self._kept(states, active)
+        shared = self._shares(states, active, decode)
+        kept = self._kept(states, active, shared)
         widths = [int(k.numel()) for k in kept]
         if path is None:
-            path = choose_path(len(groups), sum(widths) / (len(widths) * width), self.ffn_path)
+            path = choose_path(1 if shared else len(groups), sum(widths) / (len(widths) * width), self.ffn_path)
         if path == "masked":
             return MASKED
+        path = "shared" if shared else path
         weights = []
         for layer, ids in enumerate(kept):
             ids = ids.to(self.mlps[layer].gate_proj.weight.device)
-            row_mask = None if path == "compact" else self._row_mask(states, active, layer, ids, width)
+            row_mask = None if path != "union" else self._row_mask(states, active, layer, ids, width)
             gathered = self.gather(layer, ids, row_mask)
-            weights.append(gathered.pack() if packed else gathered)
+            weights.append(gathered.pack() if decode and self.onednn else gathered)
         return FfnPlan(path, weights, widths)
 
     def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,

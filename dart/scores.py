@@ -84,3 +84,10 @@ def select(scores: torch.Tensor, keep: int, selection: Selection) -> torch.Tenso
         raise ValueError(f"unknown selection {selection!r}; choose topk or mean_threshold")
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[:keep].sort().values
+
+
+def shared_selection(row_scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """One kept set for several rows: the top `keep` of their scores [G, N] summed after scaling each row
+    to sum 1 (rows weigh alike whatever their activations' scale). Sorted ids [keep]; ties to the lower id."""
+    scaled = row_scores / row_scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(row_scores.dtype).tiny)
+    return select(scaled.sum(dim=0), keep, "topk")

@@ -44,9 +44,8 @@ class SequenceState:
         self.carried: torch.Tensor | None = None        # 'carry': previous epoch's per-token statistic [L, N]
         self.recent_inputs: list[torch.Tensor | None] = [None] * shape.num_layers   # per layer [<=R, d]
         self.replay: list[torch.Tensor | None] | None = None    # recent_inputs at the last drift event
-        # the current epoch's statistics, cleared by _reset_epoch at each drift event
-        self.epoch_forward = 0           # forwards of the current epoch (0 = its first)
-        self.stat, self.stat_tokens = self._empty_scores()
+        self.epoch_forward = 0           # forwards of the current epoch (0 = its first); its statistics below,
+        self.stat, self.stat_tokens = self._empty_scores()     # cleared by _reset_epoch at each drift event
         self.cos_sum, self.ratio_sum, self.residual_tokens = self._empty_residual_sums()
         self.signal: SignalAccumulator | None = self._empty_signal()
         self.monitor: DriftMonitor | None = None
@@ -247,19 +246,21 @@ class SequenceState:
                                               self.cfg.target_sparsity, self.shape.width, self.cfg.auto)
         return self.auto_counts
 
-    def _select(self, layer: int, keep: int) -> torch.Tensor:
+    def ranked_scores(self, layer: int) -> torch.Tensor:
+        """The scores [N] this layer's kept neurons are the top of: the statistics so far, ranked."""
         cfg = self.cfg
-        self._formed_layers += 1
         stat = self.stat[layer]
         if self.carried is not None:
             stat = scores.carried_statistic(stat, self.stat_tokens[layer], self.carried[layer],
                                             cfg.drift.carry_weight, cfg.decay)
         m = scores.magnitude(stat, None if cfg.method == "griffin" else cfg.decay)
-        if cfg.method == "griffin" or cfg.ranking == "magnitude":
-            ranked = m
-        else:
-            ranked = scores.rank_scores(m, cfg.ranking, self.proxies.pmax[layer], self.proxies.pmean[layer])
-        kept = scores.select(ranked, keep, "topk" if cfg.method == "griffin" else cfg.selection)
+        unweighted = cfg.method == "griffin" or cfg.ranking == "magnitude"
+        return m if unweighted else scores.rank_scores(m, cfg.ranking, self.proxies.pmax[layer], self.proxies.pmean[layer])
+
+    def _select(self, layer: int, keep: int) -> torch.Tensor:
+        self._formed_layers += 1
+        selection = "topk" if self.cfg.method == "griffin" else self.cfg.selection
+        kept = scores.select(self.ranked_scores(layer), keep, selection)
         if self.trace is not None:
             self.trace.mask_formations.append({"forward": self.forward, "layer": layer, "kept": kept.tolist()})
         return kept

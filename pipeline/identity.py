@@ -12,6 +12,8 @@ from dart.config import DartConfig
 NEUTRAL_DRIFT_KNOBS: dict[str, object] = {"replay_tokens": 0}
 # Prefill knobs of the drift monitor (read by method dart alone), at their neutral values.
 PREFILL_DRIFT_KNOBS: dict[str, object] = {"drift_in_prompt": True}
+# Knobs whose default computes what the engine computed before they existed.
+NEUTRAL_KNOBS: dict[str, object] = {"decode_masks": "per_row"}
 
 
 def dart_settings(dart: DartConfig) -> dict[str, Any]:
@@ -23,6 +25,9 @@ def dart_settings(dart: DartConfig) -> dict[str, Any]:
     # auto gathers: they change float rounding only
     how = {"linear_kernel", "gather_cost"}
     settings = dart.model_dump(mode="json", exclude=how if dart.drift_enabled else how | {"drift"})
+    for knob, neutral in NEUTRAL_KNOBS.items():
+        if settings[knob] == neutral:
+            del settings[knob]
     if dart.drift_enabled:
         for knob, neutral in NEUTRAL_DRIFT_KNOBS.items():
             if settings["drift"][knob] == neutral:
