@@ -142,3 +142,15 @@ def test_coverage_says_which_cells_are_partial(tmp_path):
                             "items": [100, 36]})
     assert coverage_rows(summary, study) == [["small", "toy", "dense", "100 / 100", "complete"],
                                              ["big", "toy", "dense", "36 / 100", "partial"]]
+
+
+def test_a_model_without_pruned_rows_yet_is_said_so(tmp_path):
+    study = StudyConfig.model_validate({**cost_study(tmp_path, limit=24).model_dump(mode="json"), "models": MODELS})
+    results = scale_results()
+    results = results[(results["model_name"] == "small") | (results["variant"] == "dense")]
+    text = Path(write_report(results, study, tmp_path)["report"]).read_text()
+    across = text.split("## Across model size")[1].split("## Plain answer")[0]
+    assert "- big (24 items): dense ROUGE-L 0.3192 [" in across and "]." in across.split("- big (24 items)")[1][:60]
+    assert "Cost of pruning with size, dart@a50: not measured yet" in across
+    assert "Recommended for big: not measured yet (no pruned config has rows)." in across
+    assert "Recommended for small: **dense**" in across

@@ -109,15 +109,17 @@ def dataset_lines(summary: pd.DataFrame, trends: pd.DataFrame, dataset: str, stu
         head = f"{baseline} {metric} {_est(base.iloc[0], 'quality').format('{:.4f}')}" if len(base) else f"no {baseline} rows"
         points = [f"{r['config']} retains {_est(r, 'retained').format('{:.1%}')} at {_est(r, COST).format()}"
                   for _, r in here[here["variant"] != baseline].iterrows()]
-        lines.append(f"- {model} ({int(here['items'].max())} items): {head}; " + "; ".join(points) + ".")
+        lines.append(f"- {model} ({int(here['items'].max())} items): {head}" + "".join(f"; {p}" for p in points) + ".")
     for config in pruned_configs(summary, dataset, baseline):
         rows = trends[(trends["dataset"] == dataset) & (trends["config"] == config)] if len(trends) else trends
-        said = [direction(_est(r, "retained_diff", "paired_items"), r["smaller"], r["larger"]) for _, r in rows.iterrows()]
-        if said:
-            lines.append(f"- Cost of pruning with size, {config}: " + "; ".join(said) + ".")
+        said = [direction(_est(r, "retained_diff", "paired_items"), r["smaller"], r["larger"])
+                for _, r in rows.iterrows() if r["paired_items"] > 0]
+        lines.append(f"- Cost of pruning with size, {config}: " + ("; ".join(said) if said else
+                     "not measured yet (no two models share a scored item of it)") + ".")
     for model in models:
         here = in_ds[in_ds["model_name"] == model].dropna(subset=[COST])
-        if here.empty:
+        if (here["variant"] == baseline).all():
+            lines.append(f"- Recommended for {model}: not measured yet (no pruned config has rows).")
             continue
         pick = recommended(here, baseline)
         why = (f"the cheapest config keeping at least {RETAIN_TARGET:.0%} of dense {metric}: retains "
