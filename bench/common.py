@@ -49,15 +49,20 @@ def engine_proxies(model, fingerprint: str | None) -> Proxies:
     return load_or_compute(down, model.get_input_embeddings().weight.detach(), fingerprint)
 
 
-def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO, dtype: str = "native"):
+def load_embedded(threads: int, device: str = "cpu", level: int = logging.INFO, dtype: str = "native",
+                  keep_heap: bool = True):
     """Logging, torch threads, the embedded SmolLM2 (in `dtype`: native is the machine's fastest) and
-    its proxies: what every bench starts with. Returns (model, tokenizer, proxies)."""
+    its proxies: what every bench starts with; on a CPU freed blocks kept, as in the job's actors, unless
+    not `keep_heap`. Returns (model, tokenizer, proxies)."""
+    from dart.host_memory import keep_freed_memory
     from dart.loading import load_model, model_fingerprint
     from dart.model_config import ModelConfig
 
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     set_threads(threads)
     model, tokenizer = load_model(ModelConfig(device=device, dtype=dtype))
+    if model.device.type == "cpu" and keep_heap:
+        keep_freed_memory()                 # as the job's actors (dart.host_memory)
     return model, tokenizer, engine_proxies(model, model_fingerprint(model))
 
 

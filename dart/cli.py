@@ -15,6 +15,7 @@ import yaml
 
 from .config import DartConfig, GenerationConfig
 from .engine import DartEngine
+from .host_memory import keep_freed_memory
 from .loading import load_model, model_fingerprint
 from .model_config import EMBEDDED_MODEL, ModelConfig
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         dart_cfg, gen_cfg = build_configs(args)
         texts = read_prompts(args)
         model, tokenizer = load_model(ModelConfig(source=args.model, device=args.device, dtype=args.dtype))
+        if model.device.type == "cpu":
+            keep_freed_memory()
         engine = DartEngine(model, tokenizer, dart_cfg, fingerprint=model_fingerprint(model))
         prompts = [encode(tokenizer, text, args.raw) for text in texts]
         results = engine.generate(prompts, gen_cfg)

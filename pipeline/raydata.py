@@ -52,15 +52,14 @@ def mapper_schema(task: str, passthrough: list[pa.Field]) -> pa.Schema:
 
 
 def build_runner(config: JobConfig) -> tuple[Any, Any, str]:
-    """(task runner, engine, model fingerprint) as a job's actor builds them: torch threads = CPUs per
-    actor on CPU, the model loaded once, a DartEngine, TASKS[config.task].runner."""
-    import torch
-
+    """(task runner, engine, model fingerprint) as a job's actor builds them: on a CPU torch threads = CPUs
+    per actor and freed blocks kept (dart.host_memory), the model loaded once, a DartEngine, TASKS[config.task].runner."""
     from dart.engine import DartEngine
+    from dart.host_memory import configure_cpu_process
     from dart.loading import load_model, model_fingerprint
 
     if config.pool.num_gpus_per_actor == 0:
-        torch.set_num_threads(config.pool.cpus_per_actor)
+        configure_cpu_process(config.pool.cpus_per_actor)
     model, tokenizer = load_model(config.model)
     fingerprint = model_fingerprint(model)
     engine = DartEngine(model, tokenizer, config.dart, fingerprint=fingerprint, cache_dir=config.model.cache_dir)

@@ -42,13 +42,12 @@ class DartWorker:
     job's; so each item carries its job's setup and the worker reconfigures before running it."""
 
     def __init__(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> None:
-        import torch
-
+        from dart.host_memory import configure_cpu_process
         from dart.loading import load_model, model_fingerprint
 
         config = JobConfig.model_validate_json(config_json)
         if config.pool.num_gpus_per_actor == 0:
-            torch.set_num_threads(config.pool.cpus_per_actor)
+            configure_cpu_process(config.pool.cpus_per_actor)
         self.model_config = config.model
         try:
             self.model, self.tokenizer = load_model(config.model)
