@@ -1,9 +1,10 @@
-"""Bench 1: decode tokens/s of the unpatched model, `dense` and `dart` (masked / auto FFN path) at
-several applied sparsities, batch 1 and 8, as ratios to `dense` measured side by side.
+"""Bench 1: decode tokens/s of the unpatched model, `dense` and `dart` (masked / auto FFN path; at
+batch > 1 also `shared`, decode_masks: shared) at several applied sparsities, batch 1 and 8, as ratios
+to `dense` measured side by side.
 
 Beside each sparsity runs its bound: the unpatched model with its FFN physically cut to a fixed random
 subset of that size (same dtype, Linear kernel and KV cache as the engines), decoding the same prompts; `vs bound`
-is the speed of `dart auto` over it.
+is the speed of `dart auto` (and `dart shared`) over it.
 
     python -m bench.decode [--tokens 64 --reps 2 --batch 1 8 --sparsity 0.3 0.5 0.7 --dtype auto]
 """
@@ -18,13 +19,15 @@ from bench import common
 from dart.config import DartConfig
 
 
-def variants(sparsities: list[float], kernel: str) -> dict[str, DartConfig | None]:
+def variants(sparsities: list[float], kernel: str, batch: int = 1) -> dict[str, DartConfig | None]:
+    """At batch > 1 also `dart shared`: auto's path with the rows sharing one kept set (decode_masks)."""
     configs: dict[str, DartConfig | None] = {"hf (unpatched)": None,
                                              "dense": DartConfig(method="dense", linear_kernel=kernel)}
     for s in sparsities:
-        for path in ("masked", "auto"):
-            configs[f"dart {path} {s:.0%}"] = DartConfig(method="dart", budget="uniform", keep_ratio=round(1 - s, 6),
-                                                         mask_step=0, ffn_path=path, linear_kernel=kernel)
+        for path in ("masked", "auto") + (("shared",) if batch > 1 else ()):
+            configs[f"dart {path} {s:.0%}"] = DartConfig(
+                method="dart", budget="uniform", keep_ratio=round(1 - s, 6), mask_step=0, linear_kernel=kernel,
+                ffn_path="auto" if path == "shared" else path, decode_masks="shared" if path == "shared" else "per_row")
     return configs
 
 
@@ -35,7 +38,7 @@ def bound_name(sparsity: float) -> str:
 def run(model, tokenizer, prompts_of, args, proxies, device, kernel: str) -> list[list[str]]:
     rows = []
     for batch in args.batch:
-        decoders = common.engines(model, tokenizer, variants(args.sparsity, kernel), proxies)
+        decoders = common.engines(model, tokenizer, variants(args.sparsity, kernel, batch), proxies)
         decoders |= {bound_name(s): common.HfDecoder(common.cut_sibling(model, 1 - s, kernel=kernel), growing=True)
                      for s in args.sparsity}
         try:
@@ -44,7 +47,8 @@ def run(model, tokenizer, prompts_of, args, proxies, device, kernel: str) -> lis
             common.close(decoders)
         for name in decoders:
             s = timings.summary(name)
-            bound = next((bound_name(x) for x in args.sparsity if name == f"dart auto {x:.0%}"), None)
+            bound = next((bound_name(x) for x in args.sparsity if name in (f"dart auto {x:.0%}", f"dart shared {x:.0%}")),
+                         None)
             rows.append([str(batch), name, f"{timings.speedup(name, 'dense'):.3f}",
                          f"{timings.speedup(name, bound):.3f}" if bound else "-",
                          f"{timings.speedup(name, 'hf (unpatched)'):.3f}",
