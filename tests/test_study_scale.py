@@ -139,9 +139,9 @@ def test_report_groups_by_model_and_answers_across_size(tmp_path):
 def test_coverage_says_which_cells_are_partial(tmp_path):
     study = StudyConfig.model_validate({**cost_study(tmp_path, limit=100).model_dump(mode="json"), "models": MODELS})
     summary = pd.DataFrame({"model_name": ["small", "big"], "dataset": ["toy", "toy"], "config": ["dense", "dense"],
-                            "items": [100, 36]})
+                            "ok_items": [100, 36], "error_items": [0, 4]})
     assert coverage_rows(summary, study) == [["small", "toy", "dense", "100 / 100", "complete"],
-                                             ["big", "toy", "dense", "36 / 100", "partial"]]
+                                             ["big", "toy", "dense", "36 / 100 (+4 error rows)", "partial"]]
 
 
 def test_a_model_without_pruned_rows_yet_is_said_so(tmp_path):

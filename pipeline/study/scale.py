@@ -140,12 +140,15 @@ def best_pruned(in_panel: pd.DataFrame, baseline: str) -> str:
 
 
 def coverage_rows(summary: pd.DataFrame, study) -> list[list[str]]:
-    """Rows done per model, dataset and config against the study's limit: complete or partial."""
+    """Rows done per model, dataset and config against the study's limit: complete or partial. Error rows
+    (an item that failed every attempt, rerun by control.retry_failed=true) are counted apart."""
     limit = study.study.limit
     rows = []
     for _, r in summary.iterrows():
-        state = "-" if limit is None else ("complete" if r["items"] >= limit else "partial")
-        rows.append([r["model_name"], r["dataset"], r["config"], f"{r['items']}" + (f" / {limit}" if limit else ""), state])
+        state = "-" if limit is None else ("complete" if r["ok_items"] >= limit else "partial")
+        errors = f" (+{r['error_items']} error rows)" if r["error_items"] else ""
+        rows.append([r["model_name"], r["dataset"], r["config"],
+                     f"{r['ok_items']}" + (f" / {limit}" if limit else "") + errors, state])
     return rows
 
 
