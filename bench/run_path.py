@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         pq.write_table(pa.table({"id": ["a", "b", "c"], "document": ["the cat sat.", "a dog ran.", "rain."],
                                  "summary": ["cat", "dog", "rain"]}), data)
         walks = [Walk(first_calls=False), Walk(first_calls=True)]
-        summary = traced(lambda: run_job(job_config(model_dir, data, Path(tmp) / "out")), walks)
+        config = job_config(model_dir, data, Path(tmp) / "out")
+        summary = traced(lambda: run_job(config), walks)
     if not summary["complete"]:
         raise RuntimeError(f"the traced job did not complete: {summary}")
     for walk in walks:
