@@ -14,10 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from bench import common
-from pipeline.job import Job
-from pipeline.metrics import rouge_l
+from pipeline.run import Job
 from pipeline.study.config import expand, load_study
 from pipeline.study.stats import bootstrap_mean, paired_difference
+from pipeline.tasks import rouge_l
 
 PAIRS = ("xsum_float32", "xsum_bfloat16")
 

@@ -63,7 +63,7 @@ def write_input(root: Path, rows: int, files: int, pairs: dict[int, int]) -> lis
 def measure(root: Path, rows_per_item: int) -> dict:
     """In this (fresh) process: Job.open on every file under root; figures as a dict."""
     from pipeline.config import parse_config
-    from pipeline.job import Job
+    from pipeline.run import Job
 
     after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     config = parse_config({

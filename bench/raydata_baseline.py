@@ -134,7 +134,7 @@ def prepare_ray(config: JobConfig) -> None:
     (a pool holding every CPU stalls them); row order kept, so limit and batches take the job's rows."""
     import ray
 
-    from pipeline.pool import start_local_ray
+    from pipeline.cluster import start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(config.pool.num_actors * config.pool.cpus_per_actor + 1)

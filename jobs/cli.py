@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.config import JobConfig, dump_config, load_config
 from pipeline.driver import run_job
 from pipeline.failures import FILE_ONLY, failure_line
-from pipeline.signals import by_sigterm
+from pipeline.cluster import by_sigterm
 from pipeline.tasks import TASKS
 
 from .logfile import job_logging

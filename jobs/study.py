@@ -12,8 +12,7 @@ import sys
 
 from jobs.cli import failed
 from jobs.logfile import invocation_logging
-from pipeline.study import load_study, run_study
-from pipeline.study.report import results_table
+from pipeline.study import load_study, results_table, run_study
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,10 @@ import logging
 import time
 from typing import Any
 
+from .checks import warn_if_unpruned
+from .cluster import WorkerPool, run_items
 from .config import JobConfig
-from .failures import writing
-from .job import Job
-from .pool import WorkerPool, run_items
-from .pruning import warn_if_unpruned
-from .storage import check_durable_output
+from .run import Job, check_durable_output, writing
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +16,7 @@ log = logging.getLogger(__name__)
 def run_job(config: JobConfig, pool: WorkerPool | None = None) -> dict[str, Any]:
     """Run (or resume) a job to completion, or up to control.max_items; returns the summary.
     The run is held by this driver throughout (a second driver on it refuses: RunBusy). `pool`: actors
-    shared with other jobs of the same model and pool settings (pipeline.pool.pool_key); None starts
+    shared with other jobs of the same model and pool settings (pipeline.cluster.pool_key); None starts
     the job's own and kills them at its end."""
     began = time.perf_counter()
     check_durable_output(config.output.dir)

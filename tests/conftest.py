@@ -83,7 +83,7 @@ def ray_cluster():
     """One local Ray for the whole session, listening on loopback only, without the dashboard."""
     import ray
 
-    from pipeline.pool import start_local_ray
+    from pipeline.cluster import start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(2)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig, parse_config
-from pipeline.schema import BATCH_DEPENDENT, RUN_DEPENDENT
+from pipeline.run import BATCH_DEPENDENT, RUN_DEPENDENT
 
 ROOT = Path(__file__).parents[1]
 WORDS = "the a cat dog sat ran on under mat log sun rain city river bank loan".split()

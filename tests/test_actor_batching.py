@@ -5,8 +5,8 @@ import time
 
 import pyarrow as pa
 
-from pipeline.job import Job
-from pipeline.worker import DartWorker
+from pipeline.cluster import DartWorker
+from pipeline.run import Job
 from pipeline_fixtures import job_config, same_rows, write_docs
 
 

@@ -16,8 +16,8 @@ from tinymodels import MAX_POSITIONS
 from jobs.cli import main
 from pipeline.config import load_config
 from pipeline.driver import run_job
-from pipeline.job import Job
-from pipeline.records import derived_id
+from pipeline.inputs import derived_id
+from pipeline.run import Job
 
 LONG = MAX_POSITIONS * 100          # characters (= byte-level tokens): 100x the tiny model's context
 
@@ -93,10 +93,10 @@ def test_missing_id_column_is_a_clear_error_and_null_id_column_derives_ids(tmp_p
     assert not out.exists()
 
     cfg = job_config("summarize", tiny_model_dir, [data], out, input={"reference_column": None, "id_column": None})
-    with caplog.at_level(logging.WARNING, logger="pipeline.preflight"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.inputs.preflight"):
         job = Job.open(cfg)
     assert "row ids are derived" in caplog.text
-    from pipeline.worker import DartWorker
+    from pipeline.cluster import DartWorker
 
     rows = DartWorker(cfg.model_dump_json(), job.schema, job.fingerprint).run_item(
         job.plan[0], job.rows(job.plan[0]), 1).to_pylist()
@@ -124,7 +124,7 @@ def test_duplicate_ids_across_types_and_unusable_id_type(tmp_path, tiny_model_di
 def test_binary_ids_are_decoded_as_utf8_everywhere(tmp_path, tiny_model_dir):
     """One rule for ids of binary type: the duplicate check and the output both decode UTF-8
     (b"B0" is the id "B0", never "b'B0'"); an id that is not UTF-8 is an error row, not a crash."""
-    from pipeline.worker import DartWorker
+    from pipeline.cluster import DartWorker
 
     first, second = tmp_path / "in" / "a.parquet", tmp_path / "in" / "b.parquet"
     first.parent.mkdir()

@@ -5,7 +5,7 @@ import torch
 from pydantic import ValidationError
 
 from dart.config import DartConfig, DriftConfig, GenerationConfig, PrefillConfig
-from pipeline.identity import dart_settings
+from pipeline.config import dart_settings
 
 TOKENS = 8
 TIMINGS = ("prefill_seconds", "decode_seconds")

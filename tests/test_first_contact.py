@@ -13,9 +13,8 @@ import yaml
 from pipeline_fixtures import ROOT, fresh_s3_clients, write_docs
 
 from jobs.cli import main
-from pipeline.config import load_config
-from pipeline.identity import dart_settings
-from pipeline.pruning import unpruned_reason, warn_if_unpruned
+from pipeline.checks import unpruned_reason, warn_if_unpruned
+from pipeline.config import dart_settings, load_config
 
 
 def run_cli(capsys, task: str, args: list[str]) -> tuple[int, str, str]:
@@ -178,9 +177,9 @@ def test_config_reference_is_current():
 def test_label_config_prunes_what_it_scores_or_warns_once(caplog, overrides, says):
     config = load_config(ROOT / "conf/label.yaml", overrides)
     assert (unpruned_reason(config) is None) == (says is None)
-    with caplog.at_level(logging.WARNING, logger="pipeline.pruning"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.checks.pruning"):
         warn_if_unpruned(config)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.pruning"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.checks.pruning"]
     assert len(warnings) == (says is not None) and all(says in w for w in warnings)
 
 

@@ -6,8 +6,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.job import Job
-from pipeline.pool import run_items
+from pipeline.cluster import run_items
+from pipeline.run import Job
 from pipeline_fixtures import FILE_ROWS, ROWS_PER_ITEM, job_config, write_docs
 
 

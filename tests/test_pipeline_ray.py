@@ -10,7 +10,7 @@ import pytest
 from pipeline_fixtures import FILE_ROWS, job_config, same_rows, write_docs
 
 from pipeline.driver import run_job
-from pipeline.job import Job
+from pipeline.run import Job
 
 
 @pytest.fixture(scope="module")

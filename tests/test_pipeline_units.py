@@ -7,12 +7,9 @@ import pytest
 from pipeline_fixtures import FILE_ROWS, job_config, write_docs
 
 from pipeline.config import apply_overrides, load_config
-from pipeline.metrics import exact_match, normalize_answer, rouge_l, token_f1
-from pipeline.plan import plan_items
-from pipeline.job import Job
-from pipeline.schema import output_schema, telemetry_fields
-from pipeline.sources import read_rows, resolve_inputs
-from pipeline.store import RunDir
+from pipeline.inputs import plan_items, read_rows, resolve_inputs
+from pipeline.run import Job, RunDir, output_schema, telemetry_fields
+from pipeline.tasks import exact_match, normalize_answer, rouge_l, token_f1
 
 
 # ---- metrics (hand-computed) ----------------------------------------------------------------
@@ -161,7 +158,7 @@ def test_item_is_done_only_with_marker_and_full_part(tmp_path, tiny_model_dir):
 
 # ---- tasks in-process on the tiny model -----------------------------------------------------------
 def _worker(config, job):
-    from pipeline.worker import DartWorker
+    from pipeline.cluster import DartWorker
 
     return DartWorker(config.model_dump_json(), job.schema, job.fingerprint)
 
@@ -219,7 +216,7 @@ def test_label_and_qa_in_process(tmp_path, tiny_model_dir):
 
 
 def test_summary_counts_ffn_cost_end_to_end_and_prompt_sparsity_per_prompt_token():
-    from pipeline.summary import summarize_table
+    from pipeline.run import summarize_table
 
     table = pa.table({
         "item_id": ["a", "a", "b"], "status": ["ok", "ok", "error"], "generated_tokens": [4, 6, 0],

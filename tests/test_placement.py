@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pipeline_fixtures import write_docs
 
-import pipeline.placement as placement
+import pipeline.cluster.placement as placement
 from ray._private.state import actors
 from jobs.cli import main
 from pipeline.settings import PoolConfig

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_fixtures import job_config
 
-import pipeline.preflight as preflight
-from pipeline.job import Job
+import pipeline.inputs.preflight as preflight
+from pipeline.run import Job
 
 FILE_ROWS = (90_000, 70_000, 40_000)
 

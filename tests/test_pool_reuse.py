@@ -10,14 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_fixtures import WorkerKiller, job_config, same_rows, write_docs
 
+from pipeline.cluster import ActorSlots, DartWorker, WorkerPool, pool_key
 from pipeline.config import parse_config
-from pipeline.dispatch import ActorSlots
 from pipeline.driver import run_job
-from pipeline.job import Job
-from pipeline.pool import WorkerPool, pool_key
+from pipeline.run import Job
 from pipeline.study.config import StudyConfig, expand, merge
 from pipeline.study.sweep import run_study
-from pipeline.worker import DartWorker
 
 DENSE = {"method": "dense"}
 HALF = {"method": "dart", "keep_ratio": 0.5, "mask_step": 0}

@@ -10,7 +10,7 @@ from pipeline_fixtures import job_config, sentence
 from tinymodels import make_tiny_model_dir
 
 from pipeline.driver import run_job
-from pipeline.job import Job
+from pipeline.run import Job
 
 
 def write_plain(path, docs: list[str]) -> None:

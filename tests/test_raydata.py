@@ -1,4 +1,4 @@
-"""pipeline.raydata: the job's rows from `ray.data.Dataset.map_batches`, bad rows as error rows."""
+"""pipeline.cluster.raydata: the job's rows from `ray.data.Dataset.map_batches`, bad rows as error rows."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_fixtures import job_config, write_docs
 
+from pipeline.cluster import JOB_ONLY_COLUMNS, DartBatchMapper, map_batches_options
 from pipeline.driver import run_job
-from pipeline.raydata import JOB_ONLY_COLUMNS, DartBatchMapper, map_batches_options
-from pipeline.schema import BATCH_DEPENDENT, RUN_DEPENDENT
+from pipeline.run import BATCH_DEPENDENT, RUN_DEPENDENT
 
 BAD_IDS = ["doc-008", "doc-011", "doc-014"]     # null, empty and too long documents (write_docs)
 

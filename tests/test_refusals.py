@@ -97,8 +97,8 @@ def test_input_with_a_repeated_column_name_is_refused(capsys, tiny_args, tmp_pat
 
 
 def test_defaults_larger_than_a_small_context_still_run(tiny_model_dir, tmp_path):
+    from pipeline.checks import check_model
     from pipeline.config import load_config
-    from pipeline.model_check import check_model
 
     config = load_config(None, [f"model.source={tiny_model_dir}", "input.paths=[x.parquet]",
                                 "input.question_column=q", "input.choices_column=c"], task="label")

@@ -21,7 +21,7 @@ from pipeline_fixtures import FILE_ROWS, ROOT, WorkerKiller, driver_env, job_con
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
-from pipeline.job import Job
+from pipeline.run import Job
 
 
 
@@ -61,7 +61,7 @@ def test_actor_killed_mid_item(num_actors, max_restarts, says, reference, inputs
                            "max_restarts": max_restarts})
     killer = WorkerKiller()
     killer.start()
-    with caplog.at_level(logging.WARNING, logger="pipeline.pool"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.cluster.pool"):
         try:
             summary = run_job(cfg)
         finally:
@@ -120,7 +120,7 @@ def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, referenc
 STOPPED_WHILE_BLOCKED = """
 import os, signal
 from jobs.cli import stopped
-from pipeline.signals import stop_on_sigterm
+from pipeline.cluster import stop_on_sigterm
 stop_on_sigterm()
 try:
     os.kill(os.getpid(), signal.SIGTERM)

@@ -19,7 +19,7 @@ import pytest
 from pipeline_fixtures import FILE_ROWS, fresh_s3_clients, write_docs
 
 from jobs.cli import main
-from pipeline.storage import Storage
+from pipeline.run import Storage
 
 ALL_IDS = [f"doc-{i:03d}" for i in range(FILE_ROWS[0])]     # the first file's rows: 4 items of 2
 
@@ -90,11 +90,10 @@ def test_a_worker_keeps_its_load_error_and_a_restarted_one_stops_the_job(tiny_mo
     raises WorkerSetupError, which dispatch raises at once instead of retrying."""
     import ray
 
+    from pipeline.cluster import DartWorker, dispatch
     from pipeline.config import load_config
-    from pipeline.dispatch import dispatch
     from pipeline.failures import WorkerSetupError
-    from pipeline.job import Job
-    from pipeline.worker import DartWorker
+    from pipeline.run import Job
 
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)

@@ -19,10 +19,7 @@ from pipeline_fixtures import FILE_ROWS, job_config, same_rows, write_docs
 
 from pipeline.config import dump_config
 from pipeline.driver import run_job
-from pipeline.job import Job
-from pipeline.runlock import RunBusy, RunLost
-from pipeline.storage import Storage, json_bytes
-from pipeline.store import RunDir
+from pipeline.run import Job, RunBusy, RunDir, RunLost, Storage, json_bytes
 
 ROOT = Path(__file__).parents[1]
 BUCKET = "dart-test"
@@ -107,7 +104,7 @@ def test_driver_killed_mid_run_on_s3_resumes_to_the_uninterrupted_output(s3, ray
     assert 3 <= len(before) < 10
     assert json.loads(fs.cat_file(f"{run.path}/lock.json"))["host"] == socket.gethostname()   # left by the dead
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.runlock"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run.runlock"):
         summary = run_job(cfg)
     assert "taking over the lease" in caplog.text and "its process is gone" in caplog.text
     assert summary["complete"] and summary["skipped_items"] == len(before)
@@ -150,7 +147,7 @@ def test_lease_refuses_a_live_holder_takes_an_expired_one_and_is_renewed(s3_job,
         with job.run.lock():
             pass
     fs.pipe_file(lease, json_bytes({**foreign, "expires": time.time() - 1}))
-    with caplog.at_level(logging.WARNING, logger="pipeline.runlock"), job.run.lock(lease_seconds=1.5):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run.runlock"), job.run.lock(lease_seconds=1.5):
         held = json.loads(fs.cat_file(lease))
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
         with pytest.raises(RunBusy, match=f"pid {os.getpid()}"):

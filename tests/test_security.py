@@ -21,8 +21,8 @@ from dart import loading
 from jobs.cli import main
 from pipeline.config import load_config
 from pipeline.driver import run_job
-from pipeline.job import Job
-from pipeline.prompts import render
+from pipeline.run import Job
+from pipeline.tasks import render
 
 ROOT = Path(__file__).parents[1]
 
@@ -117,8 +117,8 @@ def test_output_never_inside_an_input_path(layout, tmp_path, tiny_model_dir):
 # ---- local Ray on loopback ---------------------------------------------------------------------------
 PROBE = r"""
 import json, sys, psutil, ray
+from pipeline.cluster import connect_ray
 from pipeline.config import load_config
-from pipeline.pool import connect_ray
 
 join = ray.init
 def init(*args, **kwargs):   # no running cluster to join: the session's (and anyone else's) stay hidden

@@ -6,7 +6,7 @@ from dart.compact import GATHER_COST_IN_FORWARDS
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
 from dart.scores import shared_selection
-from pipeline.identity import dart_settings
+from pipeline.config import dart_settings
 
 GREEDY = GenerationConfig(max_new_tokens=10, stop_on_eos=False)
 L, N = 3, 37          # the tiny model's layers and FFN width

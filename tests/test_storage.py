@@ -17,9 +17,7 @@ import pytest
 from pipeline_fixtures import job_config, write_docs
 
 from pipeline.driver import run_job
-from pipeline.job import Job
-from pipeline.runlock import RunBusy
-from pipeline.storage import check_durable_output
+from pipeline.run import Job, RunBusy, check_durable_output
 
 ROOT = Path(__file__).parents[1]
 
@@ -54,7 +52,7 @@ def test_hostile_part_or_marker_is_redone(case, finished, caplog):
     cfg, job = finished
     victim, donor = job.plan[0], job.plan[1]      # both items hold 3 rows
     HOSTILE[case](job.run, victim, donor)
-    with caplog.at_level(logging.WARNING, logger="pipeline.store"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run.store"):
         todo = Job.open(cfg).unfinished()
     assert todo == [victim]
     assert f"item {victim.item_id} is redone" in caplog.text
@@ -79,7 +77,7 @@ def test_result_that_is_not_the_items_rows_is_not_written(finished):
 
 def _holder(run_root: Path) -> subprocess.Popen:
     """Another driver process holding the run's lock until killed."""
-    code = ("import sys, time\nfrom pipeline.storage import Storage\nfrom pipeline.store import RunDir\n"
+    code = ("import sys, time\nfrom pipeline.run import Storage\nfrom pipeline.run import RunDir\n"
             f"run = RunDir(Storage({str(run_root.parent)!r}), {run_root.name!r})\n"
             "with run.lock():\n    print('held', flush=True)\n    time.sleep(600)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -103,7 +101,7 @@ def test_second_driver_refuses_then_takes_over_a_dead_holder(finished, caplog):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    with caplog.at_level(logging.WARNING, logger="pipeline.runlock"), job.run.lock():
+    with caplog.at_level(logging.WARNING, logger="pipeline.run.runlock"), job.run.lock():
         assert json.loads((job.run.root / "lock.json").read_text())["pid"] == os.getpid()
         job.run.clean_temp()
     assert f"pid {holder.pid}" in caplog.text and "gone" in caplog.text

@@ -85,7 +85,7 @@ def test_rerun_resumes_every_config_and_report_only_runs_nothing(study_run):
 def test_runs_share_items_and_keep_apart_by_fingerprint(study_run):
     study, _ = study_run
     runs = expand(study)
-    from pipeline.job import Job
+    from pipeline.run import Job
 
     jobs = [Job.open(r.config) for r in runs]
     assert len({j.run.root for j in jobs}) == 3

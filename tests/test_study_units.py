@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import rouge_scores, word_match
 from pipeline.study.config import StudyConfig, expand, load_study
 from pipeline.study.report import comparisons_frame, summary_frame, verdict, write_report
 from pipeline.study.results import derive, quality_metrics
 from pipeline.study.stats import Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
+from pipeline.tasks import rouge_scores, word_match
 
 CONF = Path(__file__).parents[1] / "conf"
 

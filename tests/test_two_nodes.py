@@ -43,7 +43,7 @@ main()
 """
 NODES = """
 import json, sys, time, ray
-from pipeline.placement import check_placement
+from pipeline.cluster import check_placement
 from pipeline.settings import PoolConfig
 ray.init(address=sys.argv[1], log_to_driver=False)
 deadline = time.time() + 120

@@ -9,10 +9,11 @@
     plots.py     the PNG plots
     scale.py     the models axis: quality retained per model size, its trend (paired), a setting per size
 
-The study imports the run path (pipeline.config, pipeline.driver, ...); the run path never imports
-the study, pandas or matplotlib.
+The study imports the run path (pipeline.config, pipeline.driver, pipeline.run, ...); the run path
+never imports the study, pandas or matplotlib.
 """
 from .config import StudyConfig, StudyRun, expand, load_study
+from .report import results_table
 from .sweep import run_study
 
-__all__ = ["StudyConfig", "StudyRun", "expand", "load_study", "run_study"]
+__all__ = ["StudyConfig", "StudyRun", "expand", "load_study", "results_table", "run_study"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..storage import write_atomic_bytes
+from ..run import write_atomic_bytes
 from .answer import answer_lines, cost_frame, paired_flops
 from .config import StudyConfig
 from .plots import plot_all

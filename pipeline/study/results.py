@@ -17,9 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..metrics import rouge_l, word_match
-from ..storage import write_atomic_bytes
-from ..tasks import TASKS
+from ..run import write_atomic_bytes
+from ..tasks import TASKS, rouge_l, word_match
 from .config import StudyRun
 
 

@@ -17,10 +17,9 @@ from typing import Any
 
 import yaml
 
+from ..cluster import WorkerPool, pool_key
 from ..driver import run_job
-from ..job import Job
-from ..pool import WorkerPool, pool_key
-from ..storage import write_atomic_bytes, write_json
+from ..run import Job, write_atomic_bytes, write_json
 from .config import StudyConfig, StudyRun, expand
 from .report import write_report
 from .results import collect, write_results

@@ -12,7 +12,7 @@ import pyarrow as pa
 from dart.config import FrozenModel, GenerationConfig
 from dart.telemetry import SequenceTelemetry
 
-from ..prompts import Prompt, PromptBuilder, RowError, plain_ids
+from .prompts import Prompt, PromptBuilder, RowError, plain_ids
 from ..settings import InputConfig
 from .batching import SharedBatch
 

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from dart.config import FrozenModel
 
-from ..prompts import PromptBuilder, RowError, plain_ids, text_field
+from .prompts import PromptBuilder, RowError, plain_ids, text_field
 from ..settings import InputConfig, check_template
 from .base import TaskContext, TaskSpec, error_values, telemetry_values
 

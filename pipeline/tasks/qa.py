@@ -6,8 +6,8 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from ..metrics import best_over_references, exact_match, token_f1
-from ..prompts import Prompt, text_field
+from .metrics import best_over_references, exact_match, token_f1
+from .prompts import Prompt, text_field
 from ..settings import GenerationTaskConfig, check_template
 from .base import GenerationTask, TaskSpec, references
 

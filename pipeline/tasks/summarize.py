@@ -6,8 +6,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from ..metrics import rouge_scores
-from ..prompts import Prompt, text_field
+from .metrics import rouge_scores
+from .prompts import Prompt, text_field
 from ..settings import GenerationTaskConfig, check_template
 from .base import GenerationTask, TaskSpec, references
 

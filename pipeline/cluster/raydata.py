@@ -2,7 +2,7 @@
 
     import ray
     from pipeline.config import load_config
-    from pipeline.raydata import DartBatchMapper, map_batches_options
+    from pipeline.cluster import DartBatchMapper, map_batches_options
 
     config = load_config("conf/summarize.yaml")
     ray.data.read_parquet("data/xsum_sample.parquet").map_batches(
@@ -21,12 +21,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from .config import JobConfig, apply_overrides, load_config, parse_config
+from ..config import JobConfig, apply_overrides, load_config, parse_config
+from ..inputs import id_strings, python_rows
+from ..run import output_schema
+from ..settings import PoolConfig
+from ..tasks import TASKS
 from .placement import autoscaler_node_types, check_placement
-from .records import id_strings, python_rows
-from .schema import output_schema
-from .settings import PoolConfig
-from .tasks import TASKS
 from .worker import runtime_ids
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
 """One job's items through live actors: items go to idle actors; a failed attempt is retried up to
-pool.max_attempts. The actors outlive the job (pipeline.pool owns them)."""
+pool.max_attempts. The actors outlive the job (pool.py owns them)."""
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
 
-from .failures import WorkerSetupError
-from .job import Job
-from .plan import WorkItem
+from ..failures import WorkerSetupError
+from ..inputs import WorkItem
+from ..run import Job
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from dart.telemetry import SequenceTelemetry
 
-from .tasks import TASKS
+from ..tasks import TASKS
 
 HEAD_FIELDS = [
     pa.field("id", pa.string(), nullable=False),

@@ -12,12 +12,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from .config import JobConfig
-from .failures import WorkerSetupError
-from .plan import WorkItem
-from .records import build_part, python_rows, row_ids
-from .sources import first_line
-from .tasks import TASKS
+from ..config import JobConfig
+from ..failures import WorkerSetupError, first_line
+from ..inputs import WorkItem, build_part, python_rows, row_ids
+from ..tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ def runtime_ids() -> tuple[str, str]:
 
 class DartWorker:
     """Hosts one model; its engine and task runner follow the job whose items it runs. Used as a Ray
-    actor class (pipeline.pool wraps it).
+    actor class (pool.py wraps it).
 
     Ray restarts a dead actor by calling __init__ with its first arguments, which may be an earlier
     job's; so each item carries its job's setup and the worker reconfigures before running it."""

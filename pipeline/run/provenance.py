@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from .sources import SourceFile
+from ..inputs import SourceFile
 from .storage import json_bytes
 from .store import RunDir
 

@@ -1,8 +1,8 @@
 """The run directory: resolved config, plan, one part per item (written whole), markers written last.
 
-    <output.dir>/<task>-<fingerprint>/     a local path or an object-store URI (pipeline.storage)
+    <output.dir>/<task>-<fingerprint>/     a local path or an object-store URI (storage.py)
         config.yaml   plan.json           written when the run starts; a rerun must match them
-        lock.json                         the driver running it (pipeline.runlock)
+        lock.json                         the driver running it (runlock.py)
         parts/<item_id>.parquet           local: a hidden temp name, then renamed; stores: one put
         markers/<item_id>.json            written after its part: the item is done
         summary.json  _SUCCESS            written when every item is done
@@ -23,8 +23,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .failures import is_storage_fault, writing
-from .plan import WorkItem
+from ..inputs import WorkItem
+from .faults import is_storage_fault, writing
 from .runlock import FileLock, LeaseLock
 from .storage import Storage, atomic_path, json_bytes, write_atomic_bytes, write_json
 

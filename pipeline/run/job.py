@@ -8,16 +8,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import JobConfig, dump_config
-from .failures import is_storage_fault, reading, writing
-from .hub import check_hub_source
-from .model_check import check_model
-from .plan import WorkItem, plan_digest, plan_items
+from ..checks import check_hub_source, check_model
+from ..config import JobConfig, dump_config
+from ..failures import first_line
+from ..inputs import SourceFile, WorkItem, check_inputs, error_part, find_duplicate_ids, plan_digest, plan_items, read_rows
+from .faults import is_storage_fault, reading, writing
 from .provenance import Provenance
-from .preflight import check_inputs, find_duplicate_ids
-from .records import error_part
 from .schema import output_schema
-from .sources import SourceFile, first_line, read_rows
 from .store import RunDir
 from .summary import summarize_table
 

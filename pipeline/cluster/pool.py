@@ -9,12 +9,12 @@ import os
 import time
 from typing import Iterator
 
-from .config import JobConfig
+from ..config import JobConfig
+from ..failures import FILE_ONLY, WorkerSetupError
+from ..inputs import WorkItem
+from ..run import Job
 from .dispatch import dispatch
-from .failures import FILE_ONLY, WorkerSetupError
-from .job import Job
 from .placement import check_placement
-from .plan import WorkItem
 from .signals import stop_on_sigterm
 from .worker import DartWorker, WorkerSetup
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from dart.embedded import check_installed
 from dart.model_config import ModelConfig, source_kind
 
-from .config import JobConfig
-from .tasks import TASKS
+from ..config import JobConfig
+from ..tasks import TASKS
 
 
 def model_context(model: ModelConfig) -> int | None:

@@ -6,7 +6,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .tasks import TASKS
+from ..tasks import TASKS
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from .config import JobConfig
+from ..config import JobConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import os
 
 from dart.model_config import EMBEDDED_MODEL, ModelConfig, source_kind
 
-from .sources import first_line
+from ..failures import first_line
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT_S = 10

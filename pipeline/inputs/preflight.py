@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from .plan import WorkItem
 from .records import id_strings
-from .settings import InputConfig
+from ..settings import InputConfig
 from .sources import GLOB_CHARS, SourceFile, check_columns, read_rows, resolve_inputs
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ..failures import first_line
+
 log = logging.getLogger(__name__)
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -159,12 +161,6 @@ def resolve_inputs(paths: list[str], hf_split: str = "train") -> list[SourceFile
         identity = hf_fingerprint(ds)
         sources.append(SourceFile(f"hf://{path}@{hf_split}", "hf", len(ds), identity, ds.data.table.schema, identity))
     return sources
-
-
-def first_line(err: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line (its first non-empty line, cut to `limit` characters)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:limit]
 
 
 def check_columns(sources: list[SourceFile], required: list[str], passthrough: list[str],

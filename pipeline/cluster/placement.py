@@ -6,7 +6,7 @@ import logging
 import math
 import time
 
-from .settings import PoolConfig
+from ..settings import PoolConfig
 
 log = logging.getLogger(__name__)
 
