@@ -89,8 +89,11 @@ def test_driver_killed_then_rerun_resumes(stop, exit_code, ray_cluster, referenc
     config_file.write_text(dump_config(cfg))
     markers = Job.open(cfg).run.markers
     log = open(tmp_path / "driver.log", "wb")
+    # SIGINT at its default, as from a shell: a child inherits an ignored SIGINT (Python then keeps it
+    # ignored), and in a full test run the test process has had it ignored
     driver = subprocess.Popen([sys.executable, "-m", "jobs.summarize", "--config", str(config_file)],
-                              cwd=ROOT, env=driver_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT)
+                              cwd=ROOT, env=driver_env(ray_cluster), stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     actors: set[int] = set()
     try:
         deadline = time.time() + 180
