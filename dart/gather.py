@@ -141,8 +141,9 @@ class GatherCache:
             return False
         waiting_key, waited, needed = self._waiting
         if waiting_key != key:
-            kept = self._kept(states, active, self._shares(states, active, decode=True))
-            fraction = sum(int(k.numel()) for k in kept) / (len(kept) * states[0].shape.width)
+            widths = self._shared_widths(states, active) if self._shares(states, active, decode=True) else \
+                [int(k.numel()) for k in self._kept(states, active)]
+            fraction = sum(widths) / (len(widths) * states[0].shape.width)
             needed = 0 if fraction >= AUTO_MAX_FRACTION else forwards_to_amortize(fraction, self.gather_cost(len(states)))
             waited = 0
         if waited >= needed:
@@ -164,8 +165,15 @@ class GatherCache:
             return groups[0].kept
         if not shared:
             return union_kept([s.kept for s in groups], groups[0].shape.width)
-        return [shared_selection(torch.stack([s.ranked_scores(layer) for s in groups]),
-                                 round(sum(int(s.kept[layer].numel()) for s in groups) / len(groups)))
+        widths = GatherCache._shared_widths(states, active)
+        return [shared_selection(torch.stack([s.ranked_scores(layer) for s in groups]), width)
+                for layer, width in enumerate(widths)]
+
+    @staticmethod
+    def _shared_widths(states: list[SequenceState], active: tuple[int, ...]) -> list[int]:
+        """Per layer, the width of the rows' shared set: their mean kept count (known to the host)."""
+        groups = list({states[b].uid: states[b] for b in active}.values())
+        return [round(sum(int(s.kept[layer].numel()) for s in groups) / len(groups))
                 for layer in range(groups[0].shape.num_layers)]
 
     def _block_path(self, states: list[SequenceState], active: tuple[int, ...], counts: list[int], tokens: int) -> str:
