@@ -23,6 +23,7 @@ class FfnExecution:
     mask_elements: int = 0                # mask multiplies per token (masked and union paths)
     sequences: int = 1                    # distinct sequences sharing the forward's weight reads
     reads_alone: bool = False             # rowwise: this sequence's gathered weights are read for it alone
+    applied: list[int] | None = None      # per layer, a shared decode set's widths (None: the row's own)
 
 
 DENSE_FFN = FfnExecution()
@@ -68,8 +69,8 @@ class ForwardLedger:
     def record(self, tokens: int, kept_counts: list[int], shape: ModelShape, execution: FfnExecution,
                overhead: int = 0) -> None:
         dense = len(kept_counts) * shape.width
-        # a shared decode set replaces the row's own: what it computed is what was applied to it
-        kept = sum(execution.widths) if execution.path == "shared" else sum(kept_counts)
+        # a shared decode set replaces the row's own kept set, gathered or masked
+        kept = sum(kept_counts) if execution.applied is None else sum(execution.applied)
         executed = dense if execution.widths is None else sum(execution.widths)
         self.sparsity.append(1.0 - kept / dense)
         self.tokens.append(tokens)

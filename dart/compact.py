@@ -172,6 +172,8 @@ class FfnPlan:
     weights: list[CompactWeights] | None = None
     widths: list[int] | None = None                  # gathered neurons per layer
     row_weights: list[list[CompactWeights] | None] | None = None   # rowwise: per row (None: idle), per layer
+    masks: torch.Tensor | None = None                # masked path of a shared decode set: [1, L, N] for every row
+    applied: list[int] | None = None                 # a shared decode set's widths, applied to every row
 
     @property
     def gathered(self) -> bool:

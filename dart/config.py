@@ -138,8 +138,10 @@ class DartConfig(FrozenModel):
                                       "4 rows and keep 0.5 is nearly every neuron); shared: a decode forward whose "
                                       "rows hold different sets runs all of them on one set per layer, the top of "
                                       "their summed scores (each row's scaled to sum 1) at their mean width, so the "
-                                      "FFN shrinks at any batch size (ffn_path auto or compact; a forward run masked keeps each row's own mask), "
-                                      "and a row's tokens depend on its batch mates.")
+                                      "FFN shrinks at any batch size, and a row's tokens depend on its batch mates. A "
+                                      "forward not yet gathered (auto's wait, or ffn_path masked) runs masked by the "
+                                      "shared set, so tokens do not depend on the path; a forward in which a row forms "
+                                      "or calibrates its masks runs each row on its own.")
     prefill: PrefillConfig = Field(default_factory=PrefillConfig, description="Dense or block-wise prompt.")
     linear_kernel: LinearKernel = Field("auto", description="Matmul kernel of the model's Linears on a CPU: "
                                         "torch's default, oneDNN on packed weights, or auto (the faster of the "

@@ -184,7 +184,7 @@ class DartEngine:
 
     def _forward(self, states, phases, input_ids, attention_mask, position_ids, cache, token_mask, counts, keep=1):
         plan = self.gathers.plan(states, phases, counts, token_mask.shape[1])
-        masks = None if plan.gathered else self._masks(states, phases)
+        masks = plan.masks if plan.masks is not None or plan.gathered else self._masks(states, phases)
         self.runtime.current = ForwardPass(states, phases, token_mask, counts, masks, plan.weights, plan.row_weights)
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                       use_cache=True)
@@ -207,10 +207,10 @@ class DartEngine:
                     for s in active}
         if plan.path == "masked":
             elements = 0 if masks is None else self.shape.num_layers * self.shape.width
-            execution = FfnExecution("masked", None, elements, sequences)
+            execution = FfnExecution("masked", None, elements, sequences, applied=plan.applied)
         else:
             execution = FfnExecution(plan.path, plan.widths, sum(plan.widths) if plan.path == "union" else 0,
-                                     sequences)
+                                     sequences, applied=plan.applied)
         return {s.uid: execution for s in states}
 
     # ---- generation -----------------------------------------------------------------------

@@ -52,13 +52,17 @@ class GatherCache:
         self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and self.ffn_path != "masked"
         self._down_t: list[torch.Tensor] | None = None
         self.measured_costs: dict[int, float] = {}
+        self.decode_gathers = 0                 # sets gathered for decode forwards so far
         self._key: tuple = ()
         self._plan = MASKED
         self._rows: dict[tuple[int, int], list[CompactWeights]] = {}   # rowwise: (uid, mask_version) -> weights
         self._waiting: tuple[tuple, int, int] = ((), 0, 0)   # (decode key, masked forwards run, forwards to wait)
+        # the set rows share in decode: (their mask versions, kept ids per layer, masked plan or None)
+        self._shared: tuple[tuple, list[torch.Tensor], FfnPlan | None] = ((), [], None)
 
     def clear(self) -> None:
         self._key, self._plan, self._rows, self._waiting = (), MASKED, {}, ((), 0, 0)
+        self._shared = ((), [], None)
 
     def copied_bytes(self) -> int:
         """Bytes of the transposed W_down copy this cache holds (gathered sets not counted)."""
@@ -110,12 +114,12 @@ class GatherCache:
         width). Rows without a token in it (past the end of their prompt in a block-wise prefill) take no
         part; a multi-token forward whose rows hold several kept sets (a prompt block) is planned by the
         neuron-tokens each path computes."""
-        if self.ffn_path == "masked":
-            return MASKED
         active = tuple(b for b, count in enumerate(counts) if count)
         if not all(phases[b].masked and not (phases[b].calibrate or phases[b].form_in_forward)
                    and states[b].kept is not None for b in active):
             return MASKED
+        if self.ffn_path == "masked":
+            return self._masked(states, active, tokens == 1)
         path = None
         if tokens > 1 and (len(active) < len(states) or len({states[b].uid for b in active}) > 1):
             path = self._block_path(states, active, counts, tokens)
@@ -128,11 +132,31 @@ class GatherCache:
         if key != self._key:
             self._key, self._plan = (), MASKED          # free the old copies before gathering new ones
             if decode and self._wait(key, states, active):
-                return MASKED
+                return self._masked(states, active, decode)
             self._key, self._plan = key, self._build(states, active, path, decode)
         elif decode and self.onednn:
             self._plan = self._plan.packed()            # decoding on the set a prompt block gathered
-        return self._plan
+        return self._masked(states, active, decode) if self._plan.path == "masked" else self._plan
+
+    def _masked(self, states: list[SequenceState], active: tuple[int, ...], decode: bool) -> FfnPlan:
+        """The masked path. Rows that share a decode set are masked by that set, so that their tokens do
+        not depend on whether (or when) the set is gathered."""
+        if not self._shares(states, active, decode):
+            return MASKED
+        kept = self._shared_set(states, active)
+        if self._shared[2] is None:
+            masks = torch.zeros(1, len(kept), states[0].shape.width, dtype=self.dtype, device=kept[0].device)
+            for layer, ids in enumerate(kept):
+                masks[0, layer].index_fill_(0, ids, 1)
+            self._shared = (*self._shared[:2], FfnPlan("masked", masks=masks, applied=[int(k.numel()) for k in kept]))
+        return self._shared[2]
+
+    def _shared_set(self, states: list[SequenceState], active: tuple[int, ...]) -> list[torch.Tensor]:
+        """Per layer, the set the active rows share, selected once per combination of their mask sets."""
+        key = tuple((states[b].uid, states[b].mask_version) for b in active)
+        if self._shared[0] != key:
+            self._shared = (key, self._kept(states, active, shared=True), None)
+        return self._shared[1]
 
     def _wait(self, key: tuple, states: list[SequenceState], active: tuple[int, ...]) -> bool:
         """Whether a decode forward under a new mask set runs masked while the set has not yet lasted
@@ -208,19 +232,21 @@ class GatherCache:
         groups = {states[b].uid for b in active}
         width = states[0].shape.width
         shared = self._shares(states, active, decode)
-        kept = self._kept(states, active, shared)
+        kept = self._shared_set(states, active) if shared else self._kept(states, active)
         widths = [int(k.numel()) for k in kept]
         if path is None:
             path = choose_path(1 if shared else len(groups), sum(widths) / (len(widths) * width), self.ffn_path)
         if path == "masked":
             return MASKED
-        path = "shared" if shared else path
         weights = []
+        self.decode_gathers += decode
         for layer, ids in enumerate(kept):
             ids = ids.to(self.mlps[layer].gate_proj.weight.device)
             row_mask = None if path != "union" else self._row_mask(states, active, layer, ids, width)
             gathered = self.gather(layer, ids, row_mask)
             weights.append(gathered.pack() if decode and self.onednn else gathered)
+        if shared:
+            return FfnPlan("shared", weights, widths, applied=widths)
         return FfnPlan(path, weights, widths)
 
     def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,

@@ -17,9 +17,9 @@ def prompts(count, seed=0):
     return [torch.randint(4, 250, (n,), generator=gen).tolist() for n in [7, 19, 12, 25][:count]]
 
 
-def config(decode_masks, path="compact", keep=0.5):
-    return DartConfig(method="static", budget="uniform", keep_ratio=keep, mask_step=0, ffn_path=path,
-                      gather_cost=GATHER_COST_IN_FORWARDS, decode_masks=decode_masks)
+def config(decode_masks, path="compact", keep=0.5, gather_cost=GATHER_COST_IN_FORWARDS, method="static"):
+    return DartConfig(method=method, budget="uniform", keep_ratio=keep, mask_step=0, ffn_path=path,
+                      gather_cost=gather_cost, decode_masks=decode_masks)
 
 
 def generate(tiny, cfg, batch):
@@ -75,6 +75,22 @@ def test_rows_with_one_kept_set_decode_as_per_row_and_a_row_alone_too(tiny):
         [r.token_ids for r in generate(tiny, config("per_row"), same)]
     alone = prompts(2)[1:]
     assert generate(tiny, config("shared"), alone)[0].token_ids == generate(tiny, config("per_row"), alone)[0].token_ids
+
+
+def test_a_shared_set_gives_the_same_tokens_masked_gathered_or_gathered_late(tiny):
+    """Rows waiting for a shared set's gather run masked by that set, not by their own: the tokens and the
+    sparsity applied do not depend on the path (or on the measured gather cost behind auto's wait)."""
+    batch = prompts(3)
+    for method in ("static", "dart"):
+        gathered = generate(tiny, config("shared", method=method), batch)
+        masked = generate(tiny, config("shared", path="masked", method=method), batch)
+        late = generate(tiny, config("shared", path="auto", gather_cost=4.0, method=method), batch)
+        for results in (masked, late):
+            assert [r.token_ids for r in results] == [r.token_ids for r in gathered]
+            for result, reference in zip(results, gathered):
+                assert result.telemetry.sparsity_per_token == reference.telemetry.sparsity_per_token
+        assert all(r.telemetry.compact_forwards == 0 for r in masked)
+        assert all(0 < r.telemetry.compact_forwards < g.telemetry.compact_forwards for r, g in zip(late, gathered))
 
 
 def test_shared_decode_reads_fewer_ffn_bytes_than_the_union(tiny):
