@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from dart.config import DartConfig
 from dart.engine import DartEngine
-from dart.gather import synchronize
+from dart.gather_cost import synchronize
 from dart.kv_cache import growing_cache
 from dart.patch import decoder_layers
 from dart.proxies import Proxies, load_or_compute

@@ -2,7 +2,7 @@
 the paths and their arithmetic): a decode loop gathers once per mask set, not per token."""
 from __future__ import annotations
 
-import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,21 +15,18 @@ from .compact import (
     FfnPlan,
     choose_block_path,
     choose_path,
-    compact_ffn,
     forwards_to_amortize,
     gather_layer,
     union_kept,
 )
 from .scores import shared_selection
-from .kernels import best_seconds, read_verdict, verdict_key, write_verdict
+from .gather_cost import GatherCost, cached_gather_cost
 from .patch import DartMLP
 
 if TYPE_CHECKING:
     from .config import DartConfig
     from .phase import ForwardPhase
     from .state import SequenceState
-
-log = logging.getLogger(__name__)
 
 # The rowwise prompt path gathers a copy of each row's kept FFN weights: together at most this many
 # times the FFN weights (at keep 0.5, four rows; Llama-3.1-8B's copy is 5.25 GiB a row), else the union.
@@ -46,12 +43,13 @@ class GatherCache:
                  cache_dir: Path | None = None) -> None:
         self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, config.ffn_path, dtype, onednn
         self.shared_decode = config.decode_masks == "shared"     # rows of a decode forward share one set
-        self.fixed_gather_cost, self.cache_dir = config.gather_cost, cache_dir    # None: measured (cached there)
+        self.costs = GatherCost(config.gather_cost, lambda rows: cached_gather_cost(
+            mlps[0], lambda ids: self.gather(0, ids), onednn, rows, cache_dir))
+        self.time_gathers = mlps[0].gate_proj.weight.device.type == "cpu"    # a GPU's gathers run async
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
         self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and self.ffn_path != "masked"
         self._down_t: list[torch.Tensor] | None = None
-        self.measured_costs: dict[int, float] = {}
         self.decode_gathers = 0                 # sets gathered for decode forwards so far
         self._key: tuple = ()
         self._plan = MASKED
@@ -74,31 +72,14 @@ class GatherCache:
         self._down_t = None
 
     def gather_cost(self, rows: int) -> float:
-        """A decode gather's cost in masked forwards of `rows` rows (GATHER_COST_IN_FORWARDS' unit),
-        measured once per batch size on this engine's first layer (its device, dtype and kernel) and, on a
-        CPU, cached beside the kernel verdicts."""
-        if self.fixed_gather_cost is not None:
-            return self.fixed_gather_cost
-        if rows not in self.measured_costs:
-            self.measured_costs[rows] = self.cached_gather_cost(rows)
-        return self.measured_costs[rows]
+        """A decode gather's cost in masked forwards of `rows` rows (GATHER_COST_IN_FORWARDS' unit):
+        dart.gather_cost.GatherCost, measured on this engine's first layer and, on a CPU, cached beside
+        the kernel verdicts and scaled by the engine's own decode gathers."""
+        return self.costs.forwards(rows)
 
-    def cached_gather_cost(self, rows: int) -> float:
-        """measured_gather_cost, read from / stored in the verdict cache (so engines on one machine agree)."""
-        weight = self.mlps[0].gate_proj.weight
-        path = None
-        if self.cache_dir is not None and weight.device.type == "cpu":
-            path = verdict_key("gather", {"shape": list(weight.shape), "dtype": str(weight.dtype), "rows": rows,
-                                          "onednn": self.onednn, "rule": "saving-v1"}, self.cache_dir)
-        cached = read_verdict(path, None)
-        if cached is not None:
-            try:
-                return float(cached)
-            except ValueError:
-                pass
-        cost = measured_gather_cost(self, rows)
-        write_verdict(path, repr(cost))
-        return cost
+    @property
+    def measured_costs(self) -> dict:
+        return self.costs.measured
 
     def gather(self, layer: int, ids: torch.Tensor, row_mask: torch.Tensor | None = None) -> CompactWeights:
         """Layer `layer`'s kept neurons `ids`, gathered (plain weights)."""
@@ -238,13 +219,16 @@ class GatherCache:
             path = choose_path(1 if shared else len(groups), sum(widths) / (len(widths) * width), self.ffn_path)
         if path == "masked":
             return MASKED
-        weights = []
-        self.decode_gathers += decode
+        weights, began = [], time.perf_counter()
         for layer, ids in enumerate(kept):
             ids = ids.to(self.mlps[layer].gate_proj.weight.device)
             row_mask = None if path != "union" else self._row_mask(states, active, layer, ids, width)
             gathered = self.gather(layer, ids, row_mask)
             weights.append(gathered.pack() if decode and self.onednn else gathered)
+        if decode:
+            self.decode_gathers += 1
+            if self.time_gathers:
+                self.costs.observe(sum(widths), width, time.perf_counter() - began)
         if shared:
             return FfnPlan("shared", weights, widths, applied=widths)
         return FfnPlan(path, weights, widths)
@@ -256,43 +240,3 @@ class GatherCache:
         for b in active:
             masks[b].index_fill_(0, states[b].kept[layer].to(ids.device), 1)
         return masks[:, None, :].index_select(2, ids)
-
-
-@torch.inference_mode()
-def measured_gather_cost(cache: GatherCache, rows: int) -> float:
-    """Gathering (and, under oneDNN, packing) half of the first layer's neurons, over what a decode FFN
-    call of `rows` rows saves on it against the masked call: the forwards a gather takes to repay, at
-    half the neurons (`forwards_to_amortize` scales it to other fractions). Infinite where it saves nothing."""
-    mlp = cache.mlps[0]
-    weight = mlp.gate_proj.weight
-    width, hidden = weight.shape
-    device = weight.device
-    kept = torch.arange(0, width, 2, device=device)
-    x = torch.zeros(rows, 1, hidden, dtype=weight.dtype, device=device).normal_()
-    mask = torch.ones(rows, 1, width, dtype=weight.dtype, device=device)
-    half = cache.gather(0, kept)
-    half = half.pack() if cache.onednn else half
-
-    def timed(run):
-        def call() -> None:
-            run()
-            synchronize(device)
-        return call
-
-    def gather() -> None:
-        gathered = cache.gather(0, kept)
-        if cache.onednn:
-            gathered.pack()
-
-    seconds = best_seconds({"masked": timed(lambda: mlp.down_proj(mlp.activations(x) * mask)),
-                            "compact": timed(lambda: compact_ffn(mlp, x, half)), "gather": timed(gather)})
-    saving = seconds["masked"] - seconds["compact"]
-    cost = seconds["gather"] / saving if saving > 0 else float("inf")
-    log.info("a decode gather repays in %.1f forwards at half the neurons, %d row(s) (%s, %s)", cost, rows,
-             device, weight.dtype)
-    return cost
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -196,3 +196,37 @@ def test_rowwise_prompt_copies_are_capped_by_a_memory_budget(tiny):
         assert all(engine.telemetry(s, 40, 0, 0, 0).rowwise_forwards > 0 for s in states)
     finally:
         engine.close()
+
+
+def test_the_gather_cost_follows_the_engines_own_gathers():
+    """The measured cost is scaled by the median of observed over predicted gather seconds (the last 8)."""
+    from dart.gather_cost import GatherCost, MeasuredCost
+
+    cost = GatherCost(None, lambda rows: MeasuredCost(forwards=6.0 + rows, half_layer_seconds=0.001))
+    assert cost.forwards(2) == 8.0
+    cost.observe(neurons=3 * 50, width=100, seconds=0.009)         # predicted 3 layers x 0.001 s: 3x slower
+    assert cost.forwards(2) == pytest.approx(24.0) and cost.forwards(4) == pytest.approx(30.0)
+    cost.observe(neurons=3 * 50, width=100, seconds=0.003)
+    cost.observe(neurons=3 * 50, width=100, seconds=0.003)
+    assert cost.forwards(2) == pytest.approx(8.0)                  # the median
+    for _ in range(8):
+        cost.observe(neurons=2 * 100, width=100, seconds=0.002)    # 4 half-layers predicted: 0.5x
+    assert cost.forwards(2) == pytest.approx(4.0) and len(cost.ratios) == 8
+    fixed = GatherCost(12.0, lambda rows: MeasuredCost(1.0, 1.0))
+    fixed.observe(neurons=100, width=100, seconds=5.0)
+    assert fixed.forwards(4) == 12.0 and not fixed.ratios and not fixed.measured
+
+
+def test_decode_gathers_on_a_cpu_are_timed_into_the_cost(tiny, tmp_path):
+    from dart.engine import DartEngine
+
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=0, ffn_path="compact")
+    engine = DartEngine(*tiny, cfg, cache_dir=str(tmp_path))
+    try:
+        engine.gathers.gather_cost(1)                               # measured before the first gather
+        engine.generate(prompts(2), GenerationConfig(max_new_tokens=4, stop_on_eos=False))
+        assert engine.gathers.decode_gathers >= 1
+        assert len(engine.gathers.costs.ratios) == engine.gathers.decode_gathers
+        assert all(ratio > 0 for ratio in engine.gathers.costs.ratios)
+    finally:
+        engine.close()

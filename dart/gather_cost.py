@@ -1,0 +1,121 @@
+"""What a decode gather costs, in the masked forwards whose savings repay it (the unit of
+`dart.compact.forwards_to_amortize`): measured once per engine and batch size on the first layer, then,
+on a CPU, scaled by how long the engine's own decode gathers take against that measurement.
+
+Measured alone, a gather copies one layer's weights again and again on warm caches and reused heap
+blocks. Inside a job it comes after prompts have used the memory, and took 1.5-4x as long
+(bench/README.md section 20), so sets were gathered that did not last long enough to repay it. On a GPU
+a gather runs asynchronously and timing it would need a host sync, so there the measurement stands.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+
+from .compact import CompactWeights, compact_ffn
+from .kernels import best_seconds, read_verdict, verdict_key, write_verdict
+from .patch import DartMLP
+
+log = logging.getLogger(__name__)
+
+# Observed gathers whose time against the measurement's prediction scales the cost (the median of the last ones).
+OBSERVED_GATHERS = 8
+
+
+@dataclass(frozen=True)
+class MeasuredCost:
+    forwards: float                 # masked forwards a gather of half the neurons takes to repay
+    half_layer_seconds: float       # a gather (and pack) of half of one layer's neurons, measured alone
+
+
+class GatherCost:
+    """The cost `forwards_to_amortize` waits out: `fixed` if given (dart.gather_cost), else measured per
+    batch size by `measure` and scaled by the ratio of observed to predicted gather seconds."""
+
+    def __init__(self, fixed: float | None, measure: Callable[[int], MeasuredCost]) -> None:
+        self.fixed, self.measure = fixed, measure
+        self.measured: dict[int, MeasuredCost] = {}
+        self.ratios: list[float] = []       # observed over predicted seconds of the latest decode gathers
+
+    @property
+    def scale(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else 1.0
+
+    def forwards(self, rows: int) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        if rows not in self.measured:
+            self.measured[rows] = self.measure(rows)
+        return self.measured[rows].forwards * self.scale
+
+    def observe(self, neurons: int, width: int, seconds: float) -> None:
+        """A decode gather of `neurons` neurons over all layers (`width` per layer) took `seconds`."""
+        if self.fixed is not None or not self.measured or neurons == 0:
+            return
+        half_layer = next(iter(self.measured.values())).half_layer_seconds
+        if half_layer > 0:
+            self.ratios = (self.ratios + [seconds / (half_layer * neurons / (width / 2))])[-OBSERVED_GATHERS:]
+
+
+def cached_gather_cost(mlp: DartMLP, gather: Callable[[torch.Tensor], CompactWeights], onednn: bool, rows: int,
+                       cache_dir: Path | None) -> MeasuredCost:
+    """measured_gather_cost, read from / stored in the verdict cache (so engines on one machine agree)."""
+    weight = mlp.gate_proj.weight
+    path = None
+    if cache_dir is not None and weight.device.type == "cpu":
+        path = verdict_key("gather", {"shape": list(weight.shape), "dtype": str(weight.dtype), "rows": rows,
+                                      "onednn": onednn, "rule": "saving-v2"}, cache_dir)
+    cached = read_verdict(path, None)
+    if cached is not None:
+        try:
+            return MeasuredCost(*map(float, cached.split()))
+        except (TypeError, ValueError):
+            pass
+    measured = measured_gather_cost(mlp, gather, onednn, rows)
+    write_verdict(path, f"{measured.forwards!r} {measured.half_layer_seconds!r}")
+    return measured
+
+
+@torch.inference_mode()
+def measured_gather_cost(mlp: DartMLP, gather: Callable[[torch.Tensor], CompactWeights], onednn: bool,
+                         rows: int) -> MeasuredCost:
+    """Gathering (`gather`: kept ids -> plain weights) and, under oneDNN, packing half of `mlp`'s neurons,
+    over what a decode FFN call of `rows` rows saves on it against the masked call: the forwards a gather
+    takes to repay, at half the neurons (`forwards_to_amortize` scales it to other fractions). Infinite
+    where it saves nothing."""
+    weight = mlp.gate_proj.weight
+    width, hidden = weight.shape
+    device = weight.device
+    kept = torch.arange(0, width, 2, device=device)
+    x = torch.zeros(rows, 1, hidden, dtype=weight.dtype, device=device).normal_()
+    mask = torch.ones(rows, 1, width, dtype=weight.dtype, device=device)
+    half = gather(kept)
+    half = half.pack() if onednn else half
+
+    def timed(run):
+        def call() -> None:
+            run()
+            synchronize(device)
+        return call
+
+    def gather_half() -> None:
+        gathered = gather(kept)
+        if onednn:
+            gathered.pack()
+
+    seconds = best_seconds({"masked": timed(lambda: mlp.down_proj(mlp.activations(x) * mask)),
+                            "compact": timed(lambda: compact_ffn(mlp, x, half)), "gather": timed(gather_half)})
+    saving = seconds["masked"] - seconds["compact"]
+    cost = seconds["gather"] / saving if saving > 0 else float("inf")
+    log.info("a decode gather repays in %.1f forwards at half the neurons, %d row(s) (%s, %s)", cost, rows,
+             device, weight.dtype)
+    return MeasuredCost(cost, seconds["gather"])
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
