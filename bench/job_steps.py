@@ -1,8 +1,9 @@
 """Bench 20: where the summarize job's time goes, without Ray: one job config's rows through one engine's
 continuous batcher (pool.batch_size rows; the rows of pool.in_flight_per_actor items in flight, the next
-item's submitted when one ends, as an actor runs them), each side on its own engine and the sides alternated in mirrored order. Per side: prefill and
-decode seconds (the engine calls' wall time), decode steps by batch size and the mean step at full batch,
-the FFN paths the rows' forwards took and the decode gathers, each against the first side.
+item's submitted when one ends, as an actor runs them), each side on its own engine, the sides alternated
+in mirrored order. Per side: prefill and decode seconds (the engine calls' wall time) against the first
+side, decode steps by batch size and the mean step at full batch, the FFN paths the rows' forwards took,
+the decode gathers and their seconds over what the measured gather cost predicts (the last 8 of a run).
 
     python -m bench.job_steps [--config conf/summarize.yaml] [--rows 24] [--reps 2] \
         [--side dart.method=dense] [--side ""] [--side dart.keep_ratio=0.5,dart.decode_masks=shared]
@@ -37,6 +38,7 @@ class Tally:
     seconds: collections.Counter = field(default_factory=collections.Counter)   # ("prefill"|"decode", rows)
     calls: collections.Counter = field(default_factory=collections.Counter)
     gathers: int = 0
+    gather_ratios: list[float] = field(default_factory=list)   # observed over predicted seconds (CPU)
     paths: tuple[int, int, int] = (0, 0, 0)     # compact, union, rowwise forwards summed over rows
     generated: int = 0
 
@@ -51,6 +53,7 @@ class TimedEngine:
         self.engine, self.tally = engine, Tally()
         self.prefill_call, self.decode_call = engine.prefill, engine.decode_step
         self.gathers_before = engine.gathers.decode_gathers
+        engine.gathers.costs.ratios = []
 
     def __enter__(self) -> Tally:
         def timed(kind, call, rows_of):
@@ -70,6 +73,7 @@ class TimedEngine:
     def __exit__(self, *exc) -> None:
         del self.engine.prefill, self.engine.decode_step
         self.tally.gathers = self.engine.gathers.decode_gathers - self.gathers_before
+        self.tally.gather_ratios = list(self.engine.gathers.costs.ratios)
 
 
 def run_items(engine: DartEngine, prompts: list[list[int]], gen, batch_size: int, rows_per_item: int,
@@ -104,6 +108,10 @@ def run_side(engine: DartEngine, prompts: list[list[int]], gen, batch_size: int,
     return tally
 
 
+def ratios(values: list[float]) -> str:
+    return "-" if not values else f"{min(values):.1f}-{max(values):.1f}"
+
+
 def table_rows(tallies: dict[str, list[Tally]], batch_size: int) -> list[list[str]]:
     def mean(name, value):
         return statistics.mean(value(t) for t in tallies[name])
@@ -121,7 +129,7 @@ def table_rows(tallies: dict[str, list[Tally]], batch_size: int) -> list[list[st
             value = mean(name, lambda t: t.total if kind == "total" else t.sum(kind))
             cells += [f"{value:.2f}", f"{base[kind] / value:.3f}"]
         rows.append([name or "(as shipped)", *cells, steps, f"{1000 * statistics.mean(full):.1f}",
-                     "/".join(map(str, last.paths)), str(last.gathers), str(last.generated)])
+                     "/".join(map(str, last.paths)), str(last.gathers), ratios(last.gather_ratios), str(last.generated)])
     return rows
 
 
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         engine.close()
     kernel = common.engine_kernel(model)
     header = ["side", "total s", "vs first", "prefill s", "vs first", "decode s", "vs first", "decode steps (last run)",
-              f"ms per b{size} step", "compact/union/rowwise row-fwd", "decode gathers", "tokens generated"]
+              f"ms per b{size} step", "compact/union/rowwise row-fwd", "decode gathers", "gather s observed/predicted", "tokens generated"]
     common.write_table(
         f"Bench 20: {config.task} ({args.config}), {len(prompts)} rows ({sum(map(len, prompts)) // len(prompts)} prompt "
         f"tokens on average), batch {size}, {in_flight} items of {per_item} rows in flight, one process, mean of {args.reps} alternated runs; "

@@ -45,7 +45,7 @@ class GatherCache:
         self.shared_decode = config.decode_masks == "shared"     # rows of a decode forward share one set
         self.costs = GatherCost(config.gather_cost, lambda rows: cached_gather_cost(
             mlps[0], lambda ids: self.gather(0, ids), onednn, rows, cache_dir))
-        self.time_gathers = mlps[0].gate_proj.weight.device.type == "cpu"    # a GPU's gathers run async
+        self.time_gathers = mlps[0].gate_proj.weight.device.type == "cpu"    # recorded; a GPU's run async
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
         self.transpose_down = mlps[0].down_proj.weight.device.type == "cpu" and self.ffn_path != "masked"
@@ -74,7 +74,7 @@ class GatherCache:
     def gather_cost(self, rows: int) -> float:
         """A decode gather's cost in masked forwards of `rows` rows (GATHER_COST_IN_FORWARDS' unit):
         dart.gather_cost.GatherCost, measured on this engine's first layer and, on a CPU, cached beside
-        the kernel verdicts and scaled by the engine's own decode gathers."""
+        the kernel verdicts."""
         return self.costs.forwards(rows)
 
     @property

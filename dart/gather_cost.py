@@ -1,16 +1,16 @@
 """What a decode gather costs, in the masked forwards whose savings repay it (the unit of
-`dart.compact.forwards_to_amortize`): measured once per engine and batch size on the first layer, then,
-on a CPU, scaled by how long the engine's own decode gathers take against that measurement.
+`dart.compact.forwards_to_amortize`): measured once per engine and batch size on the first layer and
+cached beside the kernel verdicts, so that an engine's path choices, and with them its bf16 tokens, are
+the same in every run on a machine.
 
-Measured alone, a gather copies one layer's weights again and again on warm caches and reused heap
-blocks. Inside a job it comes after prompts have used the memory, and took 1.5-4x as long
-(bench/README.md section 20), so sets were gathered that did not last long enough to repay it. On a GPU
-a gather runs asynchronously and timing it would need a host sync, so there the measurement stands.
+On a CPU the engine also records how long its decode gathers take against what the measurement
+predicts (`GatherCost.ratios`, for benches). Inside a job decode gathers took 1.3-2.2x their prediction
+(bench/README.md section 20); scaling the cost by these observations gathered less often and decoded
+faster, but made path choices depend on timing during a run, so it is not done.
 """
 from __future__ import annotations
 
 import logging
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from .patch import DartMLP
 
 log = logging.getLogger(__name__)
 
-# Observed gathers whose time against the measurement's prediction scales the cost (the median of the last ones).
+# Decode gathers whose observed over predicted seconds are kept (the latest ones).
 OBSERVED_GATHERS = 8
 
 
@@ -34,23 +34,19 @@ class MeasuredCost:
 
 class GatherCost:
     """The cost `forwards_to_amortize` waits out: `fixed` if given (dart.gather_cost), else measured per
-    batch size by `measure` and scaled by the ratio of observed to predicted gather seconds."""
+    batch size by `measure`. Observed decode gathers are recorded against their prediction, not used."""
 
     def __init__(self, fixed: float | None, measure: Callable[[int], MeasuredCost]) -> None:
         self.fixed, self.measure = fixed, measure
         self.measured: dict[int, MeasuredCost] = {}
         self.ratios: list[float] = []       # observed over predicted seconds of the latest decode gathers
 
-    @property
-    def scale(self) -> float:
-        return statistics.median(self.ratios) if self.ratios else 1.0
-
     def forwards(self, rows: int) -> float:
         if self.fixed is not None:
             return self.fixed
         if rows not in self.measured:
             self.measured[rows] = self.measure(rows)
-        return self.measured[rows].forwards * self.scale
+        return self.measured[rows].forwards
 
     def observe(self, neurons: int, width: int, seconds: float) -> None:
         """A decode gather of `neurons` neurons over all layers (`width` per layer) took `seconds`."""
