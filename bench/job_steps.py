@@ -8,7 +8,11 @@ the decode gathers and their seconds over what the measured gather cost predicts
     python -m bench.job_steps [--config conf/summarize.yaml] [--rows 24] [--reps 2] \
         [--side dart.method=dense] [--side ""] [--side dart.keep_ratio=0.5,dart.decode_masks=shared]
 
-A side is a comma-separated list of config overrides ("" is the config as shipped).
+A side is a comma-separated list of config overrides ("" is the config as shipped). A side that starts
+with `bound=K` is the job's bound at keep K: `dart.method=dense` on a sibling of the model whose every FFN
+keeps K of its neurons physically (bench.common.cut_sibling), so that it differs from the engine in its FFN
+alone. `--fixed-tokens` makes every row generate max_new_tokens (`generation.stop_on_eos=false`), so the
+sides decode the same tokens and differ in the seconds they take for them.
 """
 from __future__ import annotations
 
@@ -133,20 +137,37 @@ def table_rows(tallies: dict[str, list[Tally]], batch_size: int) -> list[list[st
     return rows
 
 
+def bound_keep(side: str) -> float | None:
+    head = side.split(",")[0]
+    return float(head.removeprefix("bound=")) if head.startswith("bound=") else None
+
+
+def side_overrides(side: str) -> list[str]:
+    overrides = [o for o in side.split(",") if o]
+    return overrides if bound_keep(side) is None else ["dart.method=dense", *overrides[1:]]
+
+
+def side_model(model, side: str):
+    keep = bound_keep(side)
+    return common.sibling(model) if keep is None else common.cut_sibling(model, keep)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="conf/summarize.yaml")
     parser.add_argument("--rows", type=int, default=24)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--side", action="append", help="comma-separated overrides (repeat; default: "
-                        + " | ".join(s or '""' for s in DEFAULT_SIDES) + ")")
+    parser.add_argument("--side", action="append", help="comma-separated overrides, or bound=K[,...] (repeat; "
+                        "default: " + " | ".join(s or '""' for s in DEFAULT_SIDES) + ")")
+    parser.add_argument("--fixed-tokens", action="store_true", help="every row generates max_new_tokens")
     common.dtype_argument(parser)
     args = parser.parse_args(argv)
     sides = args.side if args.side else DEFAULT_SIDES
     model, tokenizer, proxies = common.load_embedded(args.threads, level=logging.WARNING, dtype=args.dtype)
-    configs = {side: load_config(args.config, [o for o in side.split(",") if o]) for side in sides}
-    engines = {side: DartEngine(common.sibling(model), tokenizer, c.dart, proxies=proxies) for side, c in configs.items()}
+    fixed = ["generation.stop_on_eos=false"] if args.fixed_tokens else []
+    configs = {side: load_config(args.config, side_overrides(side) + fixed) for side in sides}
+    engines = {side: DartEngine(side_model(model, side), tokenizer, c.dart, proxies=proxies) for side, c in configs.items()}
     config = next(iter(configs.values()))
     task = TASKS[config.task].runner(config.task_context(), tokenizer, next(iter(engines.values())))
     rows = pq.read_table(config.input.paths[0]).slice(0, args.rows).to_pylist()
@@ -155,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     tallies: dict[str, list[Tally]] = {side: [] for side in sides}
     for rep in range(args.reps):
         for side in (sides if rep % 2 == 0 else sides[::-1]):
-            tallies[side].append(run_side(engines[side], prompts, config.generation, size, per_item, in_flight))
+            tallies[side].append(run_side(engines[side], prompts, configs[side].generation, size, per_item, in_flight))
     for engine in engines.values():
         engine.close()
     kernel = common.engine_kernel(model)
@@ -163,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
               f"ms per b{size} step", "compact/union/rowwise row-fwd", "decode gathers", "gather s observed/predicted", "tokens generated"]
     common.write_table(
         f"Bench 20: {config.task} ({args.config}), {len(prompts)} rows ({sum(map(len, prompts)) // len(prompts)} prompt "
-        f"tokens on average), batch {size}, {in_flight} items of {per_item} rows in flight, one process, mean of {args.reps} alternated runs; "
+        f"tokens on average){', every row max_new_tokens' if args.fixed_tokens else ''}, batch {size}, {in_flight} items of {per_item} rows in flight, one process, mean of {args.reps} alternated runs; "
         f"{model.dtype}, {common.machine()}, linear kernel {kernel}", header, table_rows(tallies, size))
 
 
