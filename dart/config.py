@@ -199,6 +199,10 @@ class DartConfig(FrozenModel):
 MIN_TEMPERATURE = 1e-4
 MIN_TOP_P = 1e-6
 
+# The rowwise prompt path gathers a copy of each row's kept FFN weights: together at most this many
+# times the FFN weights (at keep 0.5, four rows; Llama-3.1-8B's copy is 5.25 GiB a row), else the union.
+ROWWISE_MAX_FFN_COPIES = 2.0
+
 
 class GenerationConfig(FrozenModel):
     """Decoding settings shared by every row of a batch."""

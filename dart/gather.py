@@ -19,18 +19,15 @@ from .compact import (
     gather_layer,
     union_kept,
 )
-from .scores import shared_selection
+from .config import ROWWISE_MAX_FFN_COPIES
 from .gather_cost import GatherCost, cached_gather_cost
+from .scores import shared_selection
 from .patch import DartMLP
 
 if TYPE_CHECKING:
     from .config import DartConfig
     from .phase import ForwardPhase
     from .state import SequenceState
-
-# The rowwise prompt path gathers a copy of each row's kept FFN weights: together at most this many
-# times the FFN weights (at keep 0.5, four rows; Llama-3.1-8B's copy is 5.25 GiB a row), else the union.
-ROWWISE_MAX_FFN_COPIES = 2.0
 
 
 class GatherCache:

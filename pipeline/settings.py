@@ -81,6 +81,11 @@ class PoolConfig(FrozenModel):
     num_gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor (>1 spans a model over "
                                       "several GPUs with accelerate's device map); 0 runs on CPU.")
     cpus_per_actor: int = Field(1, ge=1, description="CPUs reserved per actor; also its torch threads on CPU.")
+    memory_per_actor_gb: float | None = Field(None, gt=0, description="Host memory one CPU actor needs, in GB: "
+                                              "a pool the nodes' memory cannot hold starts fewer actors, with a "
+                                              "warning. null: estimated from the model, dtype and DART settings "
+                                              "where the driver can tell the model's size (embedded models, local "
+                                              "directories); GPU actors are not sized by it.")
     batch_size: int = Field(8, ge=1, description="Rows per engine call inside an actor.")
     max_attempts: int = Field(3, ge=1, description="Attempts of a work item before its rows become error rows.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a dead actor.")

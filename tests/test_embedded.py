@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dart.embedded import EMBEDDED_MODELS, EmbeddedModel, check_installed, gguf_path
+from dart.embedded import EMBEDDED_MODELS, EmbeddedModel, check_installed, embedded_spec, gguf_path
 from dart.model_config import source_kind
 
 ROOT = Path(__file__).parents[1]
@@ -206,6 +206,7 @@ def test_qwen_05b_converts_loads_and_writes_code():
 
     model, tokenizer = load_model(ModelConfig(source=QWEN_05B, device="cpu", dtype="float32"))
     assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.intermediate_size == 4864
+    assert sum(p.numel() for p in model.parameters()) == embedded_spec(QWEN_05B).params
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Write a Python function that adds two numbers."}],
                                            add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     engine = DartEngine(model, tokenizer, DartConfig(method="dense"))

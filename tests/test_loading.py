@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from dart import loading
+from dart.embedded import embedded_spec
 from dart.model_config import EMBEDDED_MODEL, ModelConfig
 from dart.loading import (
     embedded_model_dir,
@@ -188,6 +189,7 @@ def test_embedded_model_converts_and_loads(smollm2_dir):
     assert (model.config.num_hidden_layers, model.config.hidden_size, model.config.intermediate_size) == (
         30, 576, 1536)
     assert getattr(model.config, "quantization_config", None) is None
+    assert sum(p.numel() for p in model.parameters()) == embedded_spec(EMBEDDED_MODEL).params   # sizes actors
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

@@ -1,5 +1,6 @@
 """Can the cluster place the actor pool? Checked before any actor is created, so a pool the cluster
-can never hold is a clear error instead of actors that wait forever."""
+can never hold is a clear error instead of actors that wait forever; a CPU pool whose actors would
+outgrow the nodes' memory is made smaller, with a warning, instead of actors killed for memory."""
 from __future__ import annotations
 
 import logging
@@ -47,6 +48,29 @@ def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
     if not any(group.max_count == -1 or group.max_count > group.min_count for group in groups):
         return None
     return [(dict(group.resources), group.max_count) for group in groups]
+
+
+def sized_by_memory(pool: PoolConfig, need: int | None) -> tuple[int, int | None]:
+    """(actors to start, the memory each asks Ray for, or None): pool.num_actors, or fewer where the
+    nodes' memory (Ray's `memory` resource) cannot hold that many actors of `need` bytes beside the
+    CPUs they ask for, at least one. Kept where the need is unknown or an autoscaler may add nodes."""
+    if need is None or autoscaler_node_types() is not None:
+        return pool.num_actors, None
+    nodes, demand = node_resources(), actor_demand(pool)
+    held = sum(min(fits(node, demand), math.floor(node.get("memory", 0) / need + EPS)) for node in nodes)
+    if held >= pool.num_actors:
+        return pool.num_actors, need
+    memory = max((node.get("memory", 0) for node in nodes), default=0)
+    hint = ("a 16-bit model.dtype halves the weights; pool.memory_per_actor_gb replaces the estimate "
+            "(pipeline/checks/actor_memory.py)")
+    if held == 0:
+        log.warning("one actor needs about %.1f GB, more than the %.1f GB of memory Ray gives a node: starting "
+                    "one actor, which may run out of memory; %s", need / 1e9, memory / 1e9, hint)
+        return 1, None
+    log.warning("pool.num_actors=%d lowered to %d: each actor needs about %.1f GB and the cluster's nodes hold "
+                "%d by memory (%.1f GB on the largest, Ray's memory resource); %s",
+                pool.num_actors, held, need / 1e9, held, memory / 1e9, hint)
+    return held, need
 
 
 def describe_cluster() -> str:

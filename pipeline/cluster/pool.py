@@ -9,12 +9,13 @@ import os
 import time
 from typing import Iterator
 
+from ..checks.actor_memory import actor_bytes
 from ..config import JobConfig
 from ..failures import FILE_ONLY, WorkerSetupError
 from ..inputs import WorkItem
 from ..run import Job
 from .dispatch import dispatch
-from .placement import check_placement
+from .placement import check_placement, sized_by_memory
 from .signals import stop_on_sigterm
 from .worker import DartWorker, WorkerSetup
 
@@ -87,7 +88,8 @@ def start_local_ray(num_cpus: int | None) -> None:
 
 # The pool settings fixed when an actor starts (in_flight_per_actor: the calls it runs at once); the
 # others (batch_size, max_attempts) are read per job, so jobs differing only in them share actors.
-ACTOR_SETTINGS = frozenset({"num_actors", "num_gpus_per_actor", "cpus_per_actor", "max_restarts", "ray_address",
+ACTOR_SETTINGS = frozenset({"num_actors", "num_gpus_per_actor", "cpus_per_actor", "memory_per_actor_gb",
+                            "max_restarts", "ray_address",
                             "local_num_cpus", "placement_timeout_s", "in_flight_per_actor"})
 
 
@@ -98,14 +100,28 @@ def pool_key(config: JobConfig) -> str:
                        "pool": config.pool.model_dump(mode="json", include=set(ACTOR_SETTINGS))}, sort_keys=True)
 
 
+def actor_need(config: JobConfig) -> int | None:
+    """Host bytes one of the job's actors needs: pool.memory_per_actor_gb, else the estimate; None for GPU
+    actors and models the driver cannot size."""
+    if config.pool.num_gpus_per_actor:
+        return None
+    if config.pool.memory_per_actor_gb is not None:
+        return int(config.pool.memory_per_actor_gb * 1e9)
+    return actor_bytes(config.model, config.dart)
+
+
 class WorkerPool:
     """pool.num_actors DartWorkers for the jobs of one pool_key, started by the first job that has
     items to run and killed on close (a context manager). Each job reconfigures every actor's engine
     and has its model fingerprints checked against its run before its items go out."""
 
-    def __init__(self, config: JobConfig) -> None:
+    def __init__(self, config: JobConfig, others: list[JobConfig] = ()) -> None:
+        """`others`: the further jobs these actors will run (a study's cells), whose memory needs count too."""
         self.key, self.pool = pool_key(config), config.pool
         self.actors: list = []
+        needs = [actor_need(c) for c in (config, *others)]
+        self.need = None if None in needs else max(needs)
+        self.memory: int | None = None       # bytes each actor asks Ray for
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -157,14 +173,15 @@ class WorkerPool:
         connect_ray(config)
         stop_on_sigterm()
         check_placement(self.pool)
-        self.actors = [self.new_actor(args) for _ in range(self.pool.num_actors)]
+        count, self.memory = sized_by_memory(self.pool, self.need)
+        self.actors = [self.new_actor(args) for _ in range(count)]
         return set(range(len(self.actors)))
 
     def new_actor(self, args: WorkerSetup):
         import ray
 
         actor_cls = ray.remote(DartWorker).options(
-            num_cpus=self.pool.cpus_per_actor, num_gpus=self.pool.num_gpus_per_actor,
+            num_cpus=self.pool.cpus_per_actor, num_gpus=self.pool.num_gpus_per_actor, memory=self.memory,
             max_restarts=self.pool.max_restarts, max_task_retries=0,
             max_concurrency=self.pool.in_flight_per_actor + 1)   # its items' rows share one batch; +1 answers probes
         return actor_cls.remote(*args)

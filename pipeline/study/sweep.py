@@ -44,7 +44,7 @@ def run_cells(name: str, runs: list[StudyRun]) -> list[dict[str, Any]]:
         groups.setdefault(pool_key(run.config), []).append(k)
     summaries: dict[int, dict[str, Any]] = {}
     for cells in groups.values():
-        with WorkerPool(runs[cells[0]].config) as pool:
+        with WorkerPool(runs[cells[0]].config, [runs[k].config for k in cells[1:]]) as pool:
             for k in cells:
                 run = runs[k]
                 on = run.dataset if run.model is None else f"{run.dataset}, model {run.model}"
