@@ -61,8 +61,8 @@ def sized_by_memory(pool: PoolConfig, need: int | None) -> tuple[int, int | None
     if held >= pool.num_actors:
         return pool.num_actors, need
     memory = max((node.get("memory", 0) for node in nodes), default=0)
-    hint = ("a 16-bit model.dtype halves the weights; pool.memory_per_actor_gb replaces the estimate "
-            "(pipeline/checks/actor_memory.py)")
+    hint = ("a higher pool.cpus_per_actor gives the actors the CPUs left idle; a 16-bit model.dtype halves the "
+            "weights; pool.memory_per_actor_gb replaces the estimate (pipeline/checks/actor_memory.py)")
     if held == 0:
         log.warning("one actor needs about %.1f GB, more than the %.1f GB of memory Ray gives a node: starting "
                     "one actor, which may run out of memory; %s", need / 1e9, memory / 1e9, hint)
