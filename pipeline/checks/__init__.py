@@ -8,8 +8,9 @@ an actor needs.
     pruning.py       warn_if_unpruned: DART settings that prune nothing the job computes
     actor_memory.py  actor_bytes: the host memory one CPU actor needs (the pool is sized by it)
 """
+from .actor_memory import actor_bytes
 from .hub import check_hub_source
 from .model_check import check_model
 from .pruning import unpruned_reason, warn_if_unpruned
 
-__all__ = ["check_hub_source", "check_model", "unpruned_reason", "warn_if_unpruned"]
+__all__ = ["actor_bytes", "check_hub_source", "check_model", "unpruned_reason", "warn_if_unpruned"]

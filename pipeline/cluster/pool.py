@@ -9,7 +9,7 @@ import os
 import time
 from typing import Iterator
 
-from ..checks.actor_memory import actor_bytes
+from ..checks import actor_bytes
 from ..config import JobConfig
 from ..failures import FILE_ONLY, WorkerSetupError
 from ..inputs import WorkItem
