@@ -63,18 +63,20 @@ def actors_started(text: str) -> int:
     return len(set(re.findall(r"actor (\w{8}) \(pid \d+\) on node", text)))
 
 
-@pytest.mark.parametrize("share, actors, says", [
-    (0.6, 1, "pool.num_actors=2 lowered to 1"),
-    (1.5, 1, "more than the"),
-    (0.3, 2, None),
+@pytest.mark.parametrize("share, actors, threads, says", [
+    (0.6, 1, 2, "pool.num_actors=2 lowered to 1, of 2 CPU(s) each"),
+    (1.5, 1, 2, "starting one actor of 2 CPU(s), which may run out of memory"),
+    (0.3, 2, 1, None),
 ])
 def test_a_pool_the_memory_cannot_hold_starts_smaller_and_finishes(ray_cluster, tiny_model_dir, tmp_path, caplog,
-                                                                   share, actors, says):
+                                                                   share, actors, threads, says):
+    """On the session's 2-CPU Ray: fewer actors get the CPUs the others would have had."""
     gb = round(share * node_memory(ray_cluster) / GB, 2)
     with caplog.at_level(logging.INFO):
         code, _ = run_cli(tmp_path, tiny_model_dir, {"num_actors": 2, "memory_per_actor_gb": gb})
     assert code == 0
     assert actors_started(caplog.text) == actors
+    assert f"device cpu, {threads} thread(s)" in caplog.text
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "GB" in r.getMessage()]
     if says is None:
         assert not warned

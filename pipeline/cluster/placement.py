@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from ..settings import PoolConfig
 
@@ -50,27 +51,43 @@ def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
     return [(dict(group.resources), group.max_count) for group in groups]
 
 
-def sized_by_memory(pool: PoolConfig, need: int | None) -> tuple[int, int | None]:
-    """(actors to start, the memory each asks Ray for, or None): pool.num_actors, or fewer where the
-    nodes' memory (Ray's `memory` resource) cannot hold that many actors of `need` bytes beside the
-    CPUs they ask for, at least one. Kept where the need is unknown or an autoscaler may add nodes."""
+@dataclass(frozen=True)
+class PoolSize:
+    """The actors a pool starts: how many, the CPUs each asks for (its torch threads on a CPU), and the
+    memory each asks Ray for (None: not asked)."""
+
+    actors: int
+    cpus: int
+    memory: int | None
+
+
+def sized_by_memory(pool: PoolConfig, need: int | None) -> PoolSize:
+    """pool.num_actors, or fewer where the nodes' memory (Ray's `memory` resource) cannot hold that many
+    actors of `need` bytes beside the CPUs they ask for, at least one; fewer actors get the CPUs the
+    others would have had. Kept where the need is unknown or an autoscaler may add nodes."""
+    asked = PoolSize(pool.num_actors, pool.cpus_per_actor, None)
     if need is None or autoscaler_node_types() is not None:
-        return pool.num_actors, None
+        return asked
     nodes, demand = node_resources(), actor_demand(pool)
-    held = sum(min(fits(node, demand), math.floor(node.get("memory", 0) / need + EPS)) for node in nodes)
+    per_node = [min(fits(node, demand), math.floor(node.get("memory", 0) / need + EPS)) for node in nodes]
+    held = sum(per_node)
     if held >= pool.num_actors:
-        return pool.num_actors, need
-    memory = max((node.get("memory", 0) for node in nodes), default=0)
-    hint = ("a higher pool.cpus_per_actor gives the actors the CPUs left idle; a 16-bit model.dtype halves the "
-            "weights; pool.memory_per_actor_gb replaces the estimate (pipeline/checks/actor_memory.py)")
+        return PoolSize(pool.num_actors, pool.cpus_per_actor, need)
+    hint = ("a 16-bit model.dtype halves the weights; pool.memory_per_actor_gb replaces the estimate "
+            "(pipeline/checks/actor_memory.py)")
     if held == 0:
+        cpus = max(pool.cpus_per_actor, *(int(node.get("CPU", 0)) for node in nodes))
         log.warning("one actor needs about %.1f GB, more than the %.1f GB of memory Ray gives a node: starting "
-                    "one actor, which may run out of memory; %s", need / 1e9, memory / 1e9, hint)
-        return 1, None
-    log.warning("pool.num_actors=%d lowered to %d: each actor needs about %.1f GB and the cluster's nodes hold "
-                "%d by memory (%.1f GB on the largest, Ray's memory resource); %s",
-                pool.num_actors, held, need / 1e9, held, memory / 1e9, hint)
-    return held, need
+                    "one actor of %d CPU(s), which may run out of memory; %s", need / 1e9,
+                    max(node.get("memory", 0) for node in nodes) / 1e9, cpus, hint)
+        return PoolSize(1, cpus, None)
+    cpus = max(pool.cpus_per_actor, min(math.floor(node.get("CPU", 0) / count + EPS)
+                                        for node, count in zip(nodes, per_node) if count))
+    log.warning("pool.num_actors=%d lowered to %d, of %d CPU(s) each: each actor needs about %.1f GB and the "
+                "nodes' memory (Ray's memory resource, %.1f GB on the largest node) holds %d; %s",
+                pool.num_actors, held, cpus, need / 1e9, max(node.get("memory", 0) for node in nodes) / 1e9,
+                held, hint)
+    return PoolSize(held, cpus, need)
 
 
 def describe_cluster() -> str:

@@ -15,7 +15,7 @@ from ..failures import FILE_ONLY, WorkerSetupError
 from ..inputs import WorkItem
 from ..run import Job
 from .dispatch import dispatch
-from .placement import check_placement, sized_by_memory
+from .placement import PoolSize, check_placement, sized_by_memory
 from .signals import stop_on_sigterm
 from .worker import DartWorker, WorkerSetup
 
@@ -121,7 +121,7 @@ class WorkerPool:
         self.actors: list = []
         needs = [actor_need(c) for c in (config, *others)]
         self.need = None if None in needs else max(needs)
-        self.memory: int | None = None       # bytes each actor asks Ray for
+        self.size = PoolSize(self.pool.num_actors, self.pool.cpus_per_actor, None)
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -163,8 +163,8 @@ class WorkerPool:
                 log.error("actor %s (pid %s): %s", info["actor_id"][:8], info["pid"], trace, extra=FILE_ONLY)
                 raise WorkerSetupError(line)
         for info in infos:
-            log.info("actor %s (pid %s) on node %s, device %s, %d engine(s) built", info["actor_id"][:8],
-                     info["pid"], info["node_id"][:8], info["device"], info["engines_built"])
+            log.info("actor %s (pid %s) on node %s, device %s, %s thread(s), %d engine(s) built", info["actor_id"][:8],
+                     info["pid"], info["node_id"][:8], info["device"], info["threads"], info["engines_built"])
         job.check_models({info["model_fingerprint"] for info in infos}, {info["model_dtype"] for info in infos})
         return ray.put(args)
 
@@ -173,18 +173,18 @@ class WorkerPool:
         connect_ray(config)
         stop_on_sigterm()
         check_placement(self.pool)
-        count, self.memory = sized_by_memory(self.pool, self.need)
-        self.actors = [self.new_actor(args) for _ in range(count)]
+        self.size = sized_by_memory(self.pool, self.need)
+        self.actors = [self.new_actor(args) for _ in range(self.size.actors)]
         return set(range(len(self.actors)))
 
     def new_actor(self, args: WorkerSetup):
         import ray
 
         actor_cls = ray.remote(DartWorker).options(
-            num_cpus=self.pool.cpus_per_actor, num_gpus=self.pool.num_gpus_per_actor, memory=self.memory,
+            num_cpus=self.size.cpus, num_gpus=self.pool.num_gpus_per_actor, memory=self.size.memory,
             max_restarts=self.pool.max_restarts, max_task_retries=0,
             max_concurrency=self.pool.in_flight_per_actor + 1)   # its items' rows share one batch; +1 answers probes
-        return actor_cls.remote(*args)
+        return actor_cls.remote(*args, threads=self.size.cpus)
 
     def configured(self, k: int, ref, args: WorkerSetup, fresh: bool) -> dict:
         """Actor k's answer to configure; an actor that died since the last job is replaced once

@@ -39,13 +39,17 @@ class DartWorker:
     Ray restarts a dead actor by calling __init__ with its first arguments, which may be an earlier
     job's; so each item carries its job's setup and the worker reconfigures before running it."""
 
-    def __init__(self, config_json: str, schema: pa.Schema, config_fingerprint: str) -> None:
+    def __init__(self, config_json: str, schema: pa.Schema, config_fingerprint: str, threads: int | None = None) -> None:
+        """`threads`: the CPUs Ray gave this actor where the pool differs from pool.cpus_per_actor."""
+        import torch
+
         from dart.host_memory import configure_cpu_process
         from dart.loading import load_model, model_fingerprint
 
         config = JobConfig.model_validate_json(config_json)
         if config.pool.num_gpus_per_actor == 0:
-            configure_cpu_process(config.pool.cpus_per_actor)
+            configure_cpu_process(threads or config.pool.cpus_per_actor)
+        self.threads = torch.get_num_threads()
         self.model_config = config.model
         try:
             self.model, self.tokenizer = load_model(config.model)
@@ -111,7 +115,8 @@ class DartWorker:
         return {"actor_id": self.actor_id, "node_id": self.node_id, "device": self.device,
                 "model_fingerprint": self.model_fingerprint, "pid": os.getpid(),
                 "model_dtype": str(self.model.dtype).removeprefix("torch."),
-                "config_fingerprint": self.config_fingerprint, "engines_built": self.engines_built}
+                "config_fingerprint": self.config_fingerprint, "engines_built": self.engines_built,
+                "threads": self.threads}
 
     def run_item(self, item: WorkItem, rows: pa.Table, attempt: int,
                  known: dict[int, str] | None = None, setup: WorkerSetup | None = None) -> pa.Table:
