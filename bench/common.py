@@ -232,12 +232,11 @@ def machine() -> str:
 
 def cpu_flags() -> str:
     """The CPU's bfloat16 features: what decides whether bfloat16 runs natively."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    except OSError:
+    from dart.cpu_info import native_bf16_flags
+
+    native = native_bf16_flags()
+    if native is None:
         return "flags unknown"
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     return "+".join(native) if native else "no native bf16"
 
 

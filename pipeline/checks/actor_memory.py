@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dart.config import ROWWISE_MAX_FFN_COPIES, DartConfig
+from dart.cpu_info import native_bf16_flags
 from dart.embedded import EMBEDDED_MODELS
 from dart.model_config import ModelConfig, source_kind
 
 RUNTIME_BYTES = 1 << 30           # Python, torch, Ray's worker, activations and KV cache of a batch
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -57,20 +57,12 @@ def model_size(model: ModelConfig) -> ModelSize | None:
         return None
 
 
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
 def bytes_per_weight(model: ModelConfig) -> int:
     """Bytes per weight on a CPU: `auto` is float32 there, `native` bf16 where the CPU has native bf16
     (what its measurement picks on the CPUs measured so far)."""
     if model.dtype in ("bfloat16", "float16"):
         return 2
-    if model.dtype == "native" and cpu_has_native_bf16():
+    if model.dtype == "native" and native_bf16_flags():
         return 2
     return 4
 

@@ -65,28 +65,26 @@ def sized_by_memory(pool: PoolConfig, need: int | None) -> PoolSize:
     """pool.num_actors, or fewer where the nodes' memory (Ray's `memory` resource) cannot hold that many
     actors of `need` bytes beside the CPUs they ask for, at least one; fewer actors get the CPUs the
     others would have had. Kept where the need is unknown or an autoscaler may add nodes."""
-    asked = PoolSize(pool.num_actors, pool.cpus_per_actor, None)
     if need is None or autoscaler_node_types() is not None:
-        return asked
+        return PoolSize(pool.num_actors, pool.cpus_per_actor, None)
     nodes, demand = node_resources(), actor_demand(pool)
     per_node = [min(fits(node, demand), math.floor(node.get("memory", 0) / need + EPS)) for node in nodes]
     held = sum(per_node)
     if held >= pool.num_actors:
         return PoolSize(pool.num_actors, pool.cpus_per_actor, need)
+    largest = max((node.get("memory", 0) for node in nodes), default=0) / 1e9
     hint = ("a 16-bit model.dtype halves the weights; pool.memory_per_actor_gb replaces the estimate "
             "(pipeline/checks/actor_memory.py)")
     if held == 0:
         cpus = max(pool.cpus_per_actor, *(int(node.get("CPU", 0)) for node in nodes))
         log.warning("one actor needs about %.1f GB, more than the %.1f GB of memory Ray gives a node: starting "
-                    "one actor of %d CPU(s), which may run out of memory; %s", need / 1e9,
-                    max(node.get("memory", 0) for node in nodes) / 1e9, cpus, hint)
+                    "one actor of %d CPU(s), which may run out of memory; %s", need / 1e9, largest, cpus, hint)
         return PoolSize(1, cpus, None)
     cpus = max(pool.cpus_per_actor, min(math.floor(node.get("CPU", 0) / count + EPS)
                                         for node, count in zip(nodes, per_node) if count))
     log.warning("pool.num_actors=%d lowered to %d, of %d CPU(s) each: each actor needs about %.1f GB and the "
                 "nodes' memory (Ray's memory resource, %.1f GB on the largest node) holds %d; %s",
-                pool.num_actors, held, cpus, need / 1e9, max(node.get("memory", 0) for node in nodes) / 1e9,
-                held, hint)
+                pool.num_actors, held, cpus, need / 1e9, largest, held, hint)
     return PoolSize(held, cpus, need)
 
 
