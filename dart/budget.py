@@ -71,6 +71,16 @@ def depth_weights(num_layers: int, cfg: AutoBudgetConfig) -> torch.Tensor:
     return out
 
 
+def residual_sums(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums over tokens of cos(x, y) and ||y - x|| / ||x|| (x: residual entering the FFN's norm, y: FFN
+    output, [T, d]), in float32 from three dot products per token, as float64 scalars."""
+    x, y = x.float(), y.float()
+    xx, yy, xy = torch.linalg.vecdot(x, x), torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)
+    cos = xy / (xx * yy).sqrt().clamp_min(1e-8)
+    ratio = (xx - 2 * xy + yy).clamp_min(0).sqrt() / xx.sqrt().clamp_min(1e-12)
+    return cos.sum().double(), ratio.sum().double()
+
+
 def auto_sparsities(cos: torch.Tensor, ratio: torch.Tensor, target: float, cfg: AutoBudgetConfig) -> torch.Tensor:
     """Per-layer sparsity p_l (steps 1-8) from per-layer mean cos(x, y) and ||y - x|| / ||x||."""
     cos, ratio = cos.double(), ratio.double()

@@ -62,8 +62,8 @@ class ForwardPass:
         for b in self.calibrating:
             replay = self.states[b].replay_inputs(layer)
             if replay is not None:     # older tokens first: EMA statistics are order-sensitive
-                self.states[b].observe_activations(layer, mlp.activations(replay).float())
-            self.states[b].observe_activations(layer, self._tokens(act, b).float())
+                self.states[b].observe_activations(layer, mlp.activations(replay))
+            self.states[b].observe_activations(layer, self._tokens(act, b))
         for b in self.forming:
             kept = self.states[b].form_layer(layer)
             self.masks[b, layer].zero_().index_fill_(0, kept, 1)
@@ -97,7 +97,7 @@ class ForwardPass:
 
     def _accumulate(self, row: int, layer: int, act: torch.Tensor, ids: torch.Tensor | None) -> None:
         """A masked prompt block: the row's computed activations [T, N] (or [T, k] of `ids`) join its statistics."""
-        self.states[row].observe_activations(layer, act.float(), ids)
+        self.states[row].observe_activations(layer, act, ids)
 
     def residual(self, layer: int, residual: torch.Tensor) -> None:
         if self.residual_rows:

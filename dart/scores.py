@@ -10,10 +10,16 @@ def _add(stat: torch.Tensor, per_neuron: torch.Tensor, ids: torch.Tensor | None)
     return stat + per_neuron if ids is None else stat.index_add(0, ids, per_neuron)
 
 
+def float_squares(act: torch.Tensor) -> torch.Tensor:
+    """act squared in float32, in one new tensor whatever act's dtype (a bf16 act is not copied twice)."""
+    squares = act.to(torch.float32, copy=True)
+    return squares.mul_(squares)
+
+
 def l2_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Add tokens' squared activations. sum_sq: [N]; act: [T, N] (float32), or [T, k] of the neurons
-    `ids` alone (the others computed nothing: 0)."""
-    return _add(sum_sq, act.square().sum(dim=0), ids)
+    """Add tokens' squared activations, in float32. sum_sq: [N]; act: [T, N] (any float dtype), or [T, k]
+    of the neurons `ids` alone (the others computed nothing: 0)."""
+    return _add(sum_sq, float_squares(act).sum(dim=0), ids)
 
 
 def griffin_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,13 +52,16 @@ def ema_update(mean_abs: torch.Tensor, act: torch.Tensor, decay: float) -> torch
     return mean_abs
 
 
-def carried_statistic(stat: torch.Tensor, tokens: int, old_mean: torch.Tensor, weight: float,
+def carried_statistic(stat: torch.Tensor, tokens: int | list[int], old_mean: torch.Tensor, weight: float,
                       decay: float | None) -> torch.Tensor:
     """Mix a new epoch's statistic with the previous epoch's per-token one, the old epoch counting as
     `weight` times the new epoch's tokens. L2: sums of squares (old_mean = mean square per token);
-    EMA: means of |a|. [N] -> [N]."""
+    EMA: means of |a|. [N] -> [N], or [L, N] with `tokens` per layer."""
     if decay is None:
-        return stat + weight * max(tokens, 1) * old_mean
+        if isinstance(tokens, int):
+            return stat + weight * max(tokens, 1) * old_mean
+        factors = torch.tensor([weight * max(t, 1) for t in tokens], dtype=stat.dtype, device=stat.device)
+        return stat + factors[:, None] * old_mean
     return (stat + weight * old_mean) / (1 + weight)
 
 
@@ -84,6 +93,26 @@ def select(scores: torch.Tensor, keep: int, selection: Selection) -> torch.Tenso
         raise ValueError(f"unknown selection {selection!r}; choose topk or mean_threshold")
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[:keep].sort().values
+
+
+def select_layers(scores: torch.Tensor, keeps: list[int], selection: Selection) -> list[torch.Tensor]:
+    """`select(scores[l], keeps[l], selection)` of every layer of scores [L, N]. On a CPU topk finds each
+    layer's k-th largest score (a selection, 3x faster than the sort) and keeps what is above it, then the
+    lowest-index ties: the same ids. Elsewhere each layer sorts: the ids' count would need a host sync."""
+    layers, width = scores.shape
+    if selection != "topk" or scores.device.type != "cpu":
+        return [select(layer, keep, selection) for layer, keep in zip(scores, keeps)]
+    if len(set(keeps)) == 1:
+        kth = torch.kthvalue(scores, width - keeps[0] + 1, dim=-1, keepdim=True).values         # [L, 1]
+    else:
+        kth = torch.stack([torch.kthvalue(row, width - keep + 1).values for row, keep in zip(scores, keeps)])[:, None]
+    keep = torch.tensor(keeps, device=scores.device)[:, None]
+    above, tied = (scores > kth) | scores.isnan(), scores == kth          # a sort ranks NaN above all
+    chosen = above | (tied & (tied.cumsum(dim=-1) <= keep - above.sum(dim=-1, keepdim=True)))
+    ids = torch.arange(width, device=scores.device).expand(layers, width).masked_select(chosen)
+    if ids.numel() != sum(keeps):           # NaN the k-th largest: each layer on its own
+        return [select(layer, k, selection) for layer, k in zip(scores, keeps)]
+    return list(ids.split(keeps))
 
 
 def shared_selection(row_scores: torch.Tensor, keep: int) -> torch.Tensor:

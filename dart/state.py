@@ -5,7 +5,6 @@ import copy
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from . import budget, scores
 from .accounting import DENSE_FFN, FfnExecution, ForwardLedger, ModelShape, overhead_flops
@@ -161,18 +160,17 @@ class SequenceState:
 
     # ---- statistics -----------------------------------------------------------------------
     def observe_activations(self, layer: int, act: torch.Tensor, ids: torch.Tensor | None = None) -> None:
-        """act: [T, N] float32 neuron activations of this sequence's real tokens, or [T, k] of neurons `ids`."""
+        """act: [T, N] neuron activations of this sequence's real tokens (any float dtype; the statistics
+        are float32), or [T, k] of neurons `ids`."""
         cfg, act = self.cfg, act.to(self.device)
-        if ids is not None and cfg.decay is not None:        # an EMA decays the neurons not computed too
-            act, ids = scores.scattered(act, ids, self.shape.width), None
         if cfg.method == "griffin":
-            self.stat[layer] = scores.griffin_update(self.stat[layer], act, ids)
-        elif cfg.decay is None:
+            self.stat[layer] = scores.griffin_update(self.stat[layer], act.float(), ids)
+        elif cfg.decay is None:            # squares in float32, without a float copy of act first
             self.stat[layer] = scores.l2_update(self.stat[layer], act, ids)
-        elif self.stat_tokens[layer] == 0:
-            self.stat[layer] = scores.ema_first_block(act, cfg.decay)
-        else:
-            self.stat[layer] = scores.ema_update(self.stat[layer], act, cfg.decay)
+        else:                              # an EMA decays the neurons not computed too
+            full = act.float() if ids is None else scores.scattered(act, ids, self.shape.width)
+            self.stat[layer] = (scores.ema_first_block(full, cfg.decay) if self.stat_tokens[layer] == 0
+                                else scores.ema_update(self.stat[layer], full, cfg.decay))
         self.stat_tokens[layer] += act.shape[0]
 
     def remembers_inputs(self) -> bool:
@@ -197,9 +195,9 @@ class SequenceState:
 
     def observe_residual(self, layer: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Auto-budget statistics. x: residual entering post_attention_layernorm [T, d]; y: FFN output [T, d]."""
-        x, y = x.float().to(self.device), y.float().to(self.device)
-        self.cos_sum[layer] += F.cosine_similarity(x, y, dim=-1).sum().double()
-        self.ratio_sum[layer] += ((y - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum().double()
+        cos, ratio = budget.residual_sums(x.to(self.device), y.to(self.device))
+        self.cos_sum[layer] += cos
+        self.ratio_sum[layer] += ratio
         self.residual_tokens[layer] += x.shape[0]
 
     def needs_residual(self) -> bool:
@@ -246,8 +244,8 @@ class SequenceState:
                                               self.cfg.target_sparsity, self.shape.width, self.cfg.auto)
         return self.auto_counts
 
-    def ranked_scores(self, layer: int) -> torch.Tensor:
-        """The scores [N] this layer's kept neurons are the top of: the statistics so far, ranked."""
+    def ranked_scores(self, layer: int | slice) -> torch.Tensor:
+        """The scores [N] (a slice of layers: [L', N]) the kept neurons are the top of: the statistics, ranked."""
         cfg = self.cfg
         stat = self.stat[layer]
         if self.carried is not None:
@@ -257,17 +255,19 @@ class SequenceState:
         unweighted = cfg.method == "griffin" or cfg.ranking == "magnitude"
         return m if unweighted else scores.rank_scores(m, cfg.ranking, self.proxies.pmax[layer], self.proxies.pmean[layer])
 
-    def _select(self, layer: int, keep: int) -> torch.Tensor:
-        self._formed_layers += 1
+    def _select(self, layers: range, counts: list[int]) -> list[torch.Tensor]:
+        """Kept ids of a run of layers (keep counts: counts[layer]) from the statistics so far."""
         selection = "topk" if self.cfg.method == "griffin" else self.cfg.selection
-        kept = scores.select(self.ranked_scores(layer), keep, selection)
+        ranked = self.ranked_scores(slice(layers.start, layers.stop))
+        kept = scores.select_layers(ranked, counts[layers.start:layers.stop], selection)
+        self._formed_layers += len(kept)
         if self.trace is not None:
-            self.trace.mask_formations.append({"forward": self.forward, "layer": layer, "kept": kept.tolist()})
+            self.trace.mask_formations += [{"forward": self.forward, "layer": layer, "kept": ids.tolist()}
+                                           for layer, ids in zip(layers, kept)]
         return kept
 
     def _form_all(self) -> None:
-        counts = self._keep_counts()
-        self.kept = [self._select(layer, counts[layer]) for layer in range(self.shape.num_layers)]
+        self.kept = self._select(range(self.shape.num_layers), self._keep_counts())
         self.mask_version += 1
 
     def form_now(self) -> ForwardPhase:
@@ -282,8 +282,7 @@ class SequenceState:
         """mask_step 0: form one layer's mask from the statistics gathered so far in this forward."""
         if self.kept is None:
             self.kept = [torch.arange(self.shape.width, device=self.device)] * self.shape.num_layers
-        counts = self._keep_counts()
-        self.kept = self.kept[:layer] + [self._select(layer, counts[layer])] + self.kept[layer + 1:]
+        self.kept = self.kept[:layer] + self._select(range(layer, layer + 1), self._keep_counts()) + self.kept[layer + 1:]
         self.mask_version += 1
         return self.kept[layer]
 

@@ -165,3 +165,38 @@ def test_per_layer_budget_needs_its_spec():
         DartConfig(budget="per_layer")
     with pytest.raises(ValueError, match="not 'LAYER:VALUE'"):
         DartConfig(budget="per_layer", per_layer="zero:0.5")
+
+
+def test_batched_selection_of_every_layer_equals_each_layers_own():
+    generator = torch.Generator().manual_seed(3)
+    ranked = torch.randint(0, 5, (6, 40), generator=generator).float()      # many ties
+    ranked[2, 5] = float("nan")                                          # a sort ranks NaN above all
+    for keeps in ([1, 7, 20, 39, 40, 13], [17] * 6):
+        batched = scores.select_layers(ranked, keeps, "topk")
+        assert [k.tolist() for k in batched] == [scores.select(r, k, "topk").tolist() for r, k in zip(ranked, keeps)]
+    assert [k.tolist() for k in scores.select_layers(ranked, keeps, "mean_threshold")] == \
+        [scores.select(r, 0, "mean_threshold").tolist() for r in ranked]
+
+
+def test_l2_statistics_square_in_float32_whatever_the_activations_dtype():
+    act = torch.tensor([[300.0, -0.01], [2.0, 4.0]], dtype=torch.bfloat16)
+    expected = act.float().square().sum(0)
+    assert torch.equal(scores.l2_update(torch.zeros(2), act), expected)
+    full32 = act.float()
+    scores.l2_update(torch.zeros(2), full32)
+    assert torch.equal(full32, act.float())                    # a float32 act is not squared in place
+
+
+def test_carried_statistic_per_layer_equals_each_layers_own():
+    stat, old = torch.rand(3, 5), torch.rand(3, 5)
+    rows = scores.carried_statistic(stat, [0, 4, 9], old, 0.7, None)
+    assert torch.equal(rows, torch.stack([scores.carried_statistic(stat[i], t, old[i], 0.7, None)
+                                          for i, t in enumerate([0, 4, 9])]))
+
+
+def test_residual_sums_are_the_cosine_and_the_relative_change():
+    x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    y = torch.tensor([[3.0, 4.0], [0.0, 2.0]])             # cos 1 and 0; ||y - x|| / ||x|| 0 and sqrt(5)
+    cos, ratio = budget.residual_sums(x, y)
+    assert cos.dtype == torch.float64 and cos.item() == pytest.approx(1.0)
+    assert ratio.item() == pytest.approx(math.sqrt(5))
