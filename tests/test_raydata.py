@@ -9,6 +9,7 @@ import pytest
 from pipeline_fixtures import job_config, write_docs
 
 from pipeline.cluster import JOB_ONLY_COLUMNS, DartBatchMapper, map_batches_options
+from pipeline.cluster.placement import actor_need
 from pipeline.driver import run_job
 from pipeline.run import BATCH_DEPENDENT, RUN_DEPENDENT
 
@@ -48,6 +49,17 @@ def test_a_pool_ray_data_would_wait_on_forever_is_refused(ray_cluster, config):
     with pytest.raises(ValueError, match=r"cannot place pool.num_actors=3"):
         map_batches_options(config, ["pool.num_actors=3"])
     assert map_batches_options(config, ["pool.num_actors=1"])["num_cpus"] == 1
+
+
+def test_a_pool_the_memory_cannot_hold_is_made_smaller_as_the_jobs_is(ray_cluster, config, caplog):
+    # 2 actors of 1 CPU would take both CPUs (refused above); at 0.6 of the node's memory each, one fits
+    gb = round(0.6 * ray_cluster.nodes()[0]["Resources"]["memory"] / 1e9, 2)
+    with caplog.at_level("WARNING", logger="pipeline.cluster.placement"):
+        options = map_batches_options(config, ["pool.num_actors=2", f"pool.memory_per_actor_gb={gb}"])
+    assert options["compute"].max_size == 1 and options["num_cpus"] == 1      # Ray Data's tasks keep a CPU
+    assert options["memory"] == int(gb * 1e9)
+    assert any("pool.num_actors=2 lowered to 1, of 1 CPU(s)" in r.getMessage() for r in caplog.records)
+    assert map_batches_options(config, ["pool.num_actors=1"])["memory"] == actor_need(config)   # the estimate, asked
 
 
 def test_map_batches_rows_equal_the_jobs_rows(ray_cluster, config, inputs):

@@ -8,6 +8,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from ..checks import actor_bytes
+from ..config import JobConfig
 from ..settings import PoolConfig
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,21 @@ class PoolSize:
     memory: int | None
 
 
-def sized_by_memory(pool: PoolConfig, need: int | None) -> PoolSize:
+def actor_need(config: JobConfig) -> int | None:
+    """Host bytes one of the job's actors needs: pool.memory_per_actor_gb, else the estimate; None for GPU
+    actors and models the driver cannot size."""
+    if config.pool.num_gpus_per_actor:
+        return None
+    if config.pool.memory_per_actor_gb is not None:
+        return int(config.pool.memory_per_actor_gb * 1e9)
+    return actor_bytes(config.model, config.dart)
+
+
+def sized_by_memory(pool: PoolConfig, need: int | None, widen: bool = True) -> PoolSize:
     """pool.num_actors, or fewer where the nodes' memory (Ray's `memory` resource) cannot hold that many
     actors of `need` bytes beside the CPUs they ask for, at least one; fewer actors get the CPUs the
-    others would have had. Kept where the need is unknown or an autoscaler may add nodes."""
+    others would have had (`widen`; Ray Data's own tasks need those). Kept where the need is unknown or
+    an autoscaler may add nodes."""
     if need is None or autoscaler_node_types() is not None:
         return PoolSize(pool.num_actors, pool.cpus_per_actor, None)
     nodes, demand = node_resources(), actor_demand(pool)
@@ -76,12 +89,12 @@ def sized_by_memory(pool: PoolConfig, need: int | None) -> PoolSize:
     hint = ("a 16-bit model.dtype halves the weights; pool.memory_per_actor_gb replaces the estimate "
             "(pipeline/checks/actor_memory.py)")
     if held == 0:
-        cpus = max(pool.cpus_per_actor, *(int(node.get("CPU", 0)) for node in nodes))
+        cpus = max(pool.cpus_per_actor, *(int(node.get("CPU", 0)) for node in nodes)) if widen else pool.cpus_per_actor
         log.warning("one actor needs about %.1f GB, more than the %.1f GB of memory Ray gives a node: starting "
                     "one actor of %d CPU(s), which may run out of memory; %s", need / 1e9, largest, cpus, hint)
         return PoolSize(1, cpus, None)
     cpus = max(pool.cpus_per_actor, min(math.floor(node.get("CPU", 0) / count + EPS)
-                                        for node, count in zip(nodes, per_node) if count))
+                                        for node, count in zip(nodes, per_node) if count)) if widen else pool.cpus_per_actor
     log.warning("pool.num_actors=%d lowered to %d, of %d CPU(s) each: each actor needs about %.1f GB and the "
                 "nodes' memory (Ray's memory resource, %.1f GB on the largest node) holds %d; %s",
                 pool.num_actors, held, cpus, need / 1e9, largest, held, hint)

@@ -9,13 +9,12 @@ import os
 import time
 from typing import Iterator
 
-from ..checks import actor_bytes
 from ..config import JobConfig
 from ..failures import FILE_ONLY, WorkerSetupError
 from ..inputs import WorkItem
 from ..run import Job
 from .dispatch import dispatch
-from .placement import PoolSize, check_placement, sized_by_memory
+from .placement import PoolSize, actor_need, check_placement, sized_by_memory
 from .signals import stop_on_sigterm
 from .worker import DartWorker, WorkerSetup
 
@@ -98,16 +97,6 @@ def pool_key(config: JobConfig) -> str:
     can run on the same actors."""
     return json.dumps({"model": config.model.model_dump(mode="json"),
                        "pool": config.pool.model_dump(mode="json", include=set(ACTOR_SETTINGS))}, sort_keys=True)
-
-
-def actor_need(config: JobConfig) -> int | None:
-    """Host bytes one of the job's actors needs: pool.memory_per_actor_gb, else the estimate; None for GPU
-    actors and models the driver cannot size."""
-    if config.pool.num_gpus_per_actor:
-        return None
-    if config.pool.memory_per_actor_gb is not None:
-        return int(config.pool.memory_per_actor_gb * 1e9)
-    return actor_bytes(config.model, config.dart)
 
 
 class WorkerPool:

@@ -26,7 +26,7 @@ from ..inputs import id_strings, python_rows
 from ..run import output_schema
 from ..settings import PoolConfig
 from ..tasks import TASKS
-from .placement import autoscaler_node_types, check_placement
+from .placement import actor_need, autoscaler_node_types, check_placement, sized_by_memory
 from .worker import runtime_ids
 
 log = logging.getLogger(__name__)
@@ -70,18 +70,25 @@ def map_batches_options(config: JobConfig | str | Path, overrides: Sequence[str]
     """Keyword arguments of `Dataset.map_batches(DartBatchMapper, ...)` from the config's pool section:
     a fixed pool of pool.num_actors actors with its CPUs/GPUs, each running pool.in_flight_per_actor
     calls at once (their rows share the actor's continuous batch, as a job's items do), pool.batch_size
-    rows per call, pyarrow batches (the input's column types kept). A pool Ray Data would wait on
-    forever is refused (`check_pool_room`)."""
+    rows per call, pyarrow batches (the input's column types kept). With Ray running, CPU actors are
+    sized by memory as the job's pool is (fewer actors where the nodes' memory cannot hold them all, each
+    asking Ray for its memory; `placement.sized_by_memory`), and a pool Ray Data would wait on forever
+    is refused (`check_pool_room`)."""
     import ray
 
     config = job_config(config, overrides)
-    pool = config.pool
+    pool, memory = config.pool, None
+    if ray.is_initialized():
+        check_placement(pool)               # a pool no node can place is refused, not lowered
+        size = sized_by_memory(pool, actor_need(config), widen=False)
+        pool, memory = pool.model_copy(update={"num_actors": size.actors}), size.memory
     check_pool_room(pool)
     calls = pool.in_flight_per_actor
     compute = ray.data.ActorPoolStrategy(size=pool.num_actors, max_tasks_in_flight_per_actor=calls,
                                          max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True)
     return {"fn_constructor_kwargs": {"config": config}, "compute": compute, "num_cpus": pool.cpus_per_actor,
-            "num_gpus": pool.num_gpus_per_actor, "batch_size": pool.batch_size, "batch_format": "pyarrow"}
+            "num_gpus": pool.num_gpus_per_actor, "batch_size": pool.batch_size, "batch_format": "pyarrow",
+            **({"memory": memory} if memory else {})}
 
 
 def check_pool_room(pool: PoolConfig) -> None:
