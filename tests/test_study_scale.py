@@ -13,7 +13,7 @@ from test_study_units import study_data, hand_results
 from pipeline.study.config import StudyConfig, expand, load_study
 from pipeline.study.report import write_report
 from pipeline.study.results import derive
-from pipeline.study.scale import RETAIN_TARGET, coverage_rows, direction, model_pairs
+from pipeline.study.scale import RETAIN_TARGET, coverage_heading, coverage_rows, direction, model_pairs
 from pipeline.study.stats import Estimate
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -140,8 +140,11 @@ def test_coverage_says_which_cells_are_partial(tmp_path):
     study = StudyConfig.model_validate({**cost_study(tmp_path, limit=100).model_dump(mode="json"), "models": MODELS})
     summary = pd.DataFrame({"model_name": ["small", "big"], "dataset": ["toy", "toy"], "config": ["dense", "dense"],
                             "ok_items": [100, 36], "error_items": [0, 4]})
-    assert coverage_rows(summary, study) == [["small", "toy", "dense", "100 / 100", "complete"],
-                                             ["big", "toy", "dense", "36 / 100 (+4 error rows)", "partial"]]
+    cells = coverage_rows(summary, study)
+    assert cells == [["small", "toy", "dense", "100 / 100", "complete"],
+                     ["big", "toy", "dense", "36 / 100 (+4 error rows)", "partial"]]
+    assert coverage_heading(cells).startswith("Rows per cell (1 of 2 partial: ")
+    assert coverage_heading(cells[:1]) == "Rows per cell:"          # every cell complete: no legend of a state
 
 
 def test_a_model_without_pruned_rows_yet_is_said_so(tmp_path):

@@ -18,7 +18,7 @@ from .answer import answer_lines, cost_frame, paired_flops
 from .config import StudyConfig
 from .plots import plot_all
 from .results import quality_metrics
-from .scale import coverage_rows, write_scale
+from .scale import coverage_heading, coverage_rows, write_scale
 from .stats import EMPTY, Estimate, bootstrap_mean, bootstrap_ratio, paired_difference
 
 # Columns every task has beside its quality metrics: (column, title, lower is better).
@@ -241,9 +241,9 @@ def scope(results: pd.DataFrame, summary: pd.DataFrame, study: StudyConfig) -> s
 def markdown_report(results: pd.DataFrame, summary: pd.DataFrame, comparisons: pd.DataFrame, answer: list[str],
                     lines: list[str], plots: list[Path], study: StudyConfig, across: list[str] = ()) -> str:
     s = study.study
-    coverage = ["Rows per cell (partial: its run has not finished every item; its figures cover the rows done, "
-                "paired with the baseline's rows of the same items):", "",
-                markdown_table(["model", "dataset", "config", "rows done", "state"], coverage_rows(summary, study)), ""]
+    cells = coverage_rows(summary, study)
+    coverage = [coverage_heading(cells), "",
+                markdown_table(["model", "dataset", "config", "rows done", "state"], cells), ""]
     parts = [
         f"# Study `{s.name}`", "", scope(results, summary, study), "", *across, *(coverage if study.models else []),
         "## Plain answer: quality against end-to-end FFN FLOPs", "", *answer,

@@ -152,6 +152,15 @@ def coverage_rows(summary: pd.DataFrame, study) -> list[list[str]]:
     return rows
 
 
+def coverage_heading(cells: list[list[str]]) -> str:
+    """What the rows-per-cell table says: every cell complete, or how many are partial and what that means."""
+    partial = sum(cell[-1] == "partial" for cell in cells)
+    if not partial:
+        return "Rows per cell:"
+    return (f"Rows per cell ({partial} of {len(cells)} partial: a partial cell's run has not finished every item; "
+            "its figures cover the rows done, paired with the baseline's rows of the same items):")
+
+
 def scale_lines(summary: pd.DataFrame, trends: pd.DataFrame, study) -> list[str]:
     """The report's section across model size: the plain answer per dataset (the rows per cell follow it)."""
     lines = ["## Across model size: what pruning costs as the model grows", "",
