@@ -90,7 +90,6 @@ class PrefillConfig(FrozenModel):
                               "blockwise: the prompt runs in blocks through the KV cache, the first calibrating "
                               "and the following ones on each row's kept neurons.")
     block_tokens: int = Field(64, description="blockwise: real prompt tokens per block and row (at least 1); a "
-                              "last block shorter than half of it joins the one before (not the first). A "
                               "block at least as long as the prompt runs it as dense mode does.")
     first_block_tokens: int | None = Field(
         None, description="blockwise: tokens of the first (calibrating) block, at least 1 (null: block_tokens). "
@@ -108,14 +107,9 @@ class PrefillConfig(FrozenModel):
         return v
 
     def starts(self, prompt_tokens: int) -> list[int]:
-        """Where each block of a prompt of `prompt_tokens` tokens starts. A last block shorter than half of
-        `block_tokens` joins the block before it (not the first): one forward of a few tokens costs about
-        what a full one does (a 16-token tail slowed a 512-token prompt by 2%, bench/README.md section 23)."""
+        """Where each block of a prompt of `prompt_tokens` tokens starts."""
         first = self.block_tokens if self.first_block_tokens is None else self.first_block_tokens
-        starts = [0] + list(range(first, prompt_tokens, self.block_tokens))
-        if len(starts) > 2 and 2 * (prompt_tokens - starts[-1]) < self.block_tokens:
-            starts.pop()
-        return starts
+        return [0] + list(range(first, prompt_tokens, self.block_tokens))
 
 
 class DartConfig(FrozenModel):

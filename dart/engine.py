@@ -115,12 +115,12 @@ class DartEngine:
         if len(states) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(states)} states: give one state per prompt")
         blockwise = self.config.blockwise
-        plans = [self.config.prefill.starts(len(p)) if blockwise else [0] for p in prompts]
-        for state, starts in zip(states, plans):
-            state.prompt_forwards = len(starts)
+        starts = self.config.prefill.starts(max(len(p) for p in prompts)) if blockwise else [0]
+        for state, prompt in zip(states, prompts):
+            state.prompt_forwards = sum(start < len(prompt) for start in starts)
         batch = DecodeBatch.empty(states, growing_cache(self.model.config), self.device)
         logits = run_blocks(lambda ids, mask, counts, logits: self._step(batch, ids, mask, counts, blockwise, logits),
-                            prompts, plans, self.pad_id, self.device)
+                            prompts, starts, self.pad_id, self.device)
         return logits, batch
 
     @torch.inference_mode()

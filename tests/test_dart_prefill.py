@@ -32,23 +32,6 @@ def prompts(lengths=(9, 30, 17)):
     return [torch.randint(6, 250, (n,), generator=gen).tolist() for n in lengths]
 
 
-def blocks_of(tokens: int, first: int, size: int) -> int:
-    """Blocks of a prompt: `first` tokens, then `size` each, a last one under size / 2 joining the one before
-    unless that is the first."""
-    count = 1 + max(0, -(-(tokens - first) // size))
-    tail = (tokens - first) % size
-    return count - 1 if count > 2 and 0 < tail < size / 2 else count
-
-
-def test_a_short_last_block_joins_the_one_before_but_never_the_first():
-    blocks = PrefillConfig(mode="blockwise", first_block_tokens=48, block_tokens=224)
-    assert blocks.starts(512) == [0, 48, 272]            # 16 tokens left: one block of 240
-    assert blocks.starts(603) == [0, 48, 272]            # 107 < 112
-    assert blocks.starts(608) == [0, 48, 272, 496]       # 112: a block of its own
-    assert blocks.starts(60) == [0, 48] and blocks.starts(48) == [0] and blocks.starts(272) == [0, 48]
-    assert [blocks_of(n, 48, 224) for n in (512, 603, 608, 60, 48, 272)] == [3, 3, 4, 2, 1, 2]
-
-
 def generate(engine, batch_prompts):
     return engine.generate(batch_prompts, GenerationConfig(max_new_tokens=TOKENS, stop_on_eos=False))
 
@@ -106,7 +89,7 @@ def test_a_prompt_alone_equals_it_inside_a_padded_batch(engine_of, name, ffn_pat
         alone = generate(engine, [prompt])[0]
         assert alone.token_ids == in_batch.token_ids
         assert_close(telemetry(alone, BATCH_DEPENDENT), telemetry(in_batch, BATCH_DEPENDENT))
-        assert in_batch.telemetry.prefill_blocks == blocks_of(len(prompt), 4, 4)
+        assert in_batch.telemetry.prefill_blocks == -(-len(prompt) // 4)
 
 
 @pytest.mark.parametrize("name", ["dart_auto_drift", "static_uniform_step0"])
@@ -119,7 +102,7 @@ def test_a_short_first_block_then_longer_blocks(engine_of, name):
         alone = generate(engine, [prompt])[0]
         assert alone.token_ids == in_batch.token_ids
         assert_close(telemetry(alone, BATCH_DEPENDENT), telemetry(in_batch, BATCH_DEPENDENT))
-        assert in_batch.telemetry.prefill_blocks == blocks_of(len(prompt), 5, 12)
+        assert in_batch.telemetry.prefill_blocks == 1 + -(-(len(prompt) - 5) // 12)
     if name == "dart_auto_drift" and together[1].telemetry.drift_events == 0:   # 30 tokens: 5 dense, 25 pruned
         state_sparsity = 1 - sum(together[1].telemetry.kept_fraction_per_layer) / 3
         assert together[1].telemetry.prompt_applied_sparsity == pytest.approx(state_sparsity * 25 / 30)
