@@ -82,8 +82,8 @@ class PoolConfig(FrozenModel):
                                       "several GPUs with accelerate's device map); 0 runs on CPU.")
     cpus_per_actor: int = Field(1, ge=1, description="CPUs reserved per actor; also its torch threads on CPU.")
     memory_per_actor_gb: float | None = Field(None, gt=0, description="Host memory one CPU actor needs, in GB: "
-                                              "a pool the nodes' memory cannot hold starts fewer actors, each with "
-                                              "the CPUs the others would have had, with a warning. null: estimated from the model, dtype and DART settings "
+                                              "a pool the nodes' memory cannot hold starts fewer actors, with a "
+                                              "warning (a job's pool gives them the CPUs the others would have had). null: estimated from the model, dtype and DART settings "
                                               "where the driver can tell the model's size (embedded models, local "
                                               "directories); GPU actors are not sized by it.")
     batch_size: int = Field(8, ge=1, description="Rows per engine call inside an actor.")

@@ -85,20 +85,22 @@ def sized_by_memory(pool: PoolConfig, need: int | None, widen: bool = True) -> P
     held = sum(per_node)
     if held >= pool.num_actors:
         return PoolSize(pool.num_actors, pool.cpus_per_actor, need)
+    actors, cpus = max(held, 1), pool.cpus_per_actor
+    if widen and held == 0:             # the one actor takes a whole node's CPUs
+        cpus = max(cpus, *(int(node.get("CPU", 0)) for node in nodes))
+    elif widen:                         # fewer actors take the CPUs the others would have had
+        cpus = max(cpus, min(math.floor(node.get("CPU", 0) / count + EPS) for node, count in zip(nodes, per_node) if count))
     largest = max((node.get("memory", 0) for node in nodes), default=0) / 1e9
     hint = ("a 16-bit model.dtype halves the weights; pool.memory_per_actor_gb replaces the estimate "
             "(pipeline/checks/actor_memory.py)")
     if held == 0:
-        cpus = max(pool.cpus_per_actor, *(int(node.get("CPU", 0)) for node in nodes)) if widen else pool.cpus_per_actor
         log.warning("one actor needs about %.1f GB, more than the %.1f GB of memory Ray gives a node: starting "
                     "one actor of %d CPU(s), which may run out of memory; %s", need / 1e9, largest, cpus, hint)
-        return PoolSize(1, cpus, None)
-    cpus = max(pool.cpus_per_actor, min(math.floor(node.get("CPU", 0) / count + EPS)
-                                        for node, count in zip(nodes, per_node) if count)) if widen else pool.cpus_per_actor
+        return PoolSize(actors, cpus, None)
     log.warning("pool.num_actors=%d lowered to %d, of %d CPU(s) each: each actor needs about %.1f GB and the "
                 "nodes' memory (Ray's memory resource, %.1f GB on the largest node) holds %d; %s",
                 pool.num_actors, held, cpus, need / 1e9, largest, held, hint)
-    return PoolSize(held, cpus, need)
+    return PoolSize(actors, cpus, need)
 
 
 def describe_cluster() -> str:

@@ -73,7 +73,8 @@ def map_batches_options(config: JobConfig | str | Path, overrides: Sequence[str]
     rows per call, pyarrow batches (the input's column types kept). With Ray running, CPU actors are
     sized by memory as the job's pool is (fewer actors where the nodes' memory cannot hold them all, each
     asking Ray for its memory; `placement.sized_by_memory`), and a pool Ray Data would wait on forever
-    is refused (`check_pool_room`)."""
+    is refused (`check_placement`, `check_cpu_room`). Without a running Ray (Ray Data starts one with the
+    first dataset) nothing is sized or checked."""
     import ray
 
     config = job_config(config, overrides)
@@ -82,7 +83,7 @@ def map_batches_options(config: JobConfig | str | Path, overrides: Sequence[str]
         check_placement(pool)               # a pool no node can place is refused, not lowered
         size = sized_by_memory(pool, actor_need(config), widen=False)
         pool, memory = pool.model_copy(update={"num_actors": size.actors}), size.memory
-    check_pool_room(pool)
+        check_cpu_room(pool)
     calls = pool.in_flight_per_actor
     compute = ray.data.ActorPoolStrategy(size=pool.num_actors, max_tasks_in_flight_per_actor=calls,
                                          max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True)
@@ -91,16 +92,12 @@ def map_batches_options(config: JobConfig | str | Path, overrides: Sequence[str]
             **({"memory": memory} if memory else {})}
 
 
-def check_pool_room(pool: PoolConfig) -> None:
-    """Raise a ValueError naming the pool keys for a pool the running cluster can never place
-    (`placement.check_placement`) or, on a cluster that cannot grow, one that takes every CPU: Ray
-    Data's read and write tasks need a CPU beside the pool's, and without one the dataset waits
-    forever (Ray 2.60). Without a running Ray (it starts with the first dataset) nothing is checked."""
+def check_cpu_room(pool: PoolConfig) -> None:
+    """Raise a ValueError naming the pool keys for a pool that takes every CPU of a running cluster that
+    cannot grow: Ray Data's read and write tasks need a CPU beside the pool's, and without one the
+    dataset waits forever (Ray 2.60)."""
     import ray
 
-    if not ray.is_initialized():
-        return
-    check_placement(pool)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus - pool.num_actors * pool.cpus_per_actor < 1 and autoscaler_node_types() is None:
         raise ValueError(f"pool.num_actors={pool.num_actors} x pool.cpus_per_actor={pool.cpus_per_actor} take "
