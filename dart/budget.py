@@ -71,11 +71,25 @@ def depth_weights(num_layers: int, cfg: AutoBudgetConfig) -> torch.Tensor:
     return out
 
 
+def token_dots(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x.x, y.y and x.y per token of x, y [T, d], in float32. Half-precision inputs are copied side by side
+    into one float32 [T, 2, d] and their 2x2 Gram matrices come from one batched matmul: for 450 tokens of
+    SmolLM2 in bfloat16 on an AMX Xeon, 0.28 ms a layer against 0.7-1.3 ms for three reductions over d
+    (bench/README.md section 24). Float32 inputs keep the three dot products, so float32 runs sum as they
+    always have."""
+    if x.dtype == torch.float32 and y.dtype == torch.float32:
+        return torch.linalg.vecdot(x, x), torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)
+    pair = torch.empty(x.shape[0], 2, x.shape[1], dtype=torch.float32, device=x.device)
+    pair[:, 0].copy_(x)
+    pair[:, 1].copy_(y)
+    gram = torch.bmm(pair, pair.transpose(1, 2))                     # [T, 2, 2]
+    return gram[:, 0, 0], gram[:, 1, 1], gram[:, 0, 1]
+
+
 def residual_sums(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums over tokens of cos(x, y) and ||y - x|| / ||x|| (x: residual entering the FFN's norm, y: FFN
     output, [T, d]), in float32 from three dot products per token, as float64 scalars."""
-    x, y = x.float(), y.float()
-    xx, yy, xy = torch.linalg.vecdot(x, x), torch.linalg.vecdot(y, y), torch.linalg.vecdot(x, y)
+    xx, yy, xy = token_dots(x, y)
     cos = xy / (xx * yy).sqrt().clamp_min(1e-8)
     ratio = (xx - 2 * xy + yy).clamp_min(0).sqrt() / xx.sqrt().clamp_min(1e-12)
     return cos.sum().double(), ratio.sum().double()

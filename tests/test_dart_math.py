@@ -200,3 +200,9 @@ def test_residual_sums_are_the_cosine_and_the_relative_change():
     cos, ratio = budget.residual_sums(x, y)
     assert cos.dtype == torch.float64 and cos.item() == pytest.approx(1.0)
     assert ratio.item() == pytest.approx(math.sqrt(5))
+
+
+def test_residual_sums_of_bfloat16_inputs_are_those_of_their_float32_values():
+    x, y = torch.randn(37, 24).bfloat16(), torch.randn(37, 24).bfloat16()
+    for half, exact in zip(budget.residual_sums(x, y), budget.residual_sums(x.float(), y.float())):
+        assert half.item() == pytest.approx(exact.item(), rel=1e-5)
