@@ -70,7 +70,7 @@ def test_shipped_scale_studies_cells():
     for run in runs:
         assert run.config.model.dtype == "native" and run.config.input.limit >= 100
         prefill = run.config.dart.prefill
-        if run.variant == "dart_block":     # the main job's blocks (conf/summarize.yaml)
+        if run.variant == "dart_block":     # the main job's blocks when the study ran (before prefill_block_size/)
             assert (prefill.mode, prefill.first_block_tokens, prefill.block_tokens) == ("blockwise", 48, 224)
         elif run.variant == "dart":
             assert prefill.mode == "dense" and run.config.dart.keep_ratio == 0.5
