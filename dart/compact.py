@@ -23,6 +23,14 @@ many-token matmuls on them cost less than packing them first (a pack is 2-4 pass
 A decode forward runs on a packed copy, which is up to 2x faster at 1-4 rows; a decode forward that
 reuses a prompt's gathered set packs it once.
 
+oneDNN compiles a kernel for each new matmul shape: on an AMX Xeon in bf16, 3-6 ms for the two of a
+gathered FFN, more than a 450-token block's matmuls on them take. Every prompt's kept widths differ (the
+auto budget's per layer), as do its block lengths, so unbucketed each prompt paid it 60 times. Under
+oneDNN a gathered set is therefore padded with zero neurons to a multiple of GATHER_TILE, and a prompt
+block's tokens with zero rows to a multiple of ROW_TILE: the zeros change no output (act(0) * 0 = 0, and
+zero rows of W_down add nothing), the shapes repeat, and widths on the tile run faster besides (1088
+neurons of a 450-token block in 1.51 ms, 1075 in 1.99; bench/README.md section 25).
+
 A decode forward reads each weight once for a handful of rows, so a gather (plus its packing) costs
 many forwards' worth of the bytes it saves. Under `auto`, a one-token-per-row forward therefore runs
 masked until its mask set has lasted long enough to pay for the copy (`forwards_to_amortize`: the
@@ -34,6 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 import torch
+import torch.nn.functional as F
 
 from .kernels import linear
 from .kernels import pack as pack_weight
@@ -47,6 +56,15 @@ AUTO_MAX_FRACTION = 0.9
 # SmolLM2 on CPU in float32, 600-token contexts (bench 13, bench/README.md section 13): 4-7 at batch 1,
 # 14-24 at batch 4 (the union's); more when the copies land on fresh pages.
 GATHER_COST_IN_FORWARDS = 12.0
+# Under oneDNN: gathered widths rounded up to a multiple of GATHER_TILE (zero neurons), a prompt block's
+# token rows to a multiple of ROW_TILE (zero rows). 64 and 32 ran the summarize job's prompts fastest of
+# 16-128 on an AMX Xeon, new prompts and repeated ones (bench/README.md section 25).
+GATHER_TILE = 64
+ROW_TILE = 32
+
+
+def round_up(count: int, tile: int) -> int:
+    return -(-count // tile) * tile
 
 
 def forwards_to_amortize(gathered_fraction: float, cost: float = GATHER_COST_IN_FORWARDS) -> int:
@@ -70,10 +88,16 @@ class CompactWeights:
     ids: torch.Tensor | None = None        # [k] the gathered neuron ids (sorted)
     onednn: bool = False                   # run on oneDNN's kernel (packed or plain weights)
     down_rows: bool = False                # `down` gathered as rows of a transposed W_down: [k, d]
+    row_tile: int = 1                      # a multi-token block's rows are padded to a multiple of this
 
     @property
     def width(self) -> int:
+        """Neurons computed: the kept ones and, past them, the zero neurons padding them to the tile."""
         return self.gate.shape[0]
+
+    @property
+    def kept(self) -> int:
+        return self.width if self.ids is None else int(self.ids.numel())
 
     @property
     def packed(self) -> bool:
@@ -89,22 +113,35 @@ class CompactWeights:
 
 
 def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None = None,
-                 onednn: bool = False, down_t: torch.Tensor | None = None) -> CompactWeights:
+                 onednn: bool = False, down_t: torch.Tensor | None = None, tile: int = 1,
+                 row_tile: int = 1) -> CompactWeights:
     """Copy the kept rows of W_gate/W_up and columns of W_down (kept: sorted neuron ids [k]), to run on
-    oneDNN's kernel if `onednn` (plain; `CompactWeights.pack` packs them). Gate and up stay two
-    matmuls: one fused [2k, d] matmul measured no faster on CPU (0.994x)."""
-    def rows(module):
-        bias = None if module.bias is None else module.bias.index_select(0, kept)
-        return module.weight.index_select(0, kept), bias
+    oneDNN's kernel if `onednn` (plain; `CompactWeights.pack` packs them), followed by zero neurons up
+    to a multiple of `tile` (at most N). Gate and up stay two matmuls: one fused [2k, d] matmul measured
+    no faster on CPU (0.994x)."""
+    k, full = int(kept.numel()), mlp.gate_proj.weight.shape[0]
+    width = max(k, min(round_up(k, tile), full))
 
-    gate, gate_bias = rows(mlp.gate_proj)
-    up, up_bias = rows(mlp.up_proj)
+    ids = kept if width == k else F.pad(kept, (0, width - k))      # the padding's rows copy neuron 0, then zeroed
+
+    def rows(weight: torch.Tensor) -> torch.Tensor:         # [N, *] -> [width, *], zero past k
+        out = weight.index_select(0, ids)                   # a new contiguous tensor
+        if width > k:
+            out[k:] = 0
+        return out
+
+    def bias(module) -> torch.Tensor | None:
+        return None if module.bias is None else rows(module.bias)
+
     if down_t is None:
-        down = mlp.down_proj.weight.index_select(1, kept)      # index_select returns a new contiguous tensor
+        down = mlp.down_proj.weight.index_select(1, kept)
+        down = down if width == k else F.pad(down, (0, width - k))
     else:       # rows of W_down^T [N, d]: on a CPU 8x faster to copy than W_down's columns
-        down = down_t.index_select(0, kept)
-    return CompactWeights(gate, up, down, gate_bias, up_bias, mlp.down_proj.bias, row_mask, kept, onednn,
-                          down_t is not None)
+        down = rows(down_t)
+    if row_mask is not None and width > k:
+        row_mask = F.pad(row_mask, (0, width - k))
+    return CompactWeights(rows(mlp.gate_proj.weight), rows(mlp.up_proj.weight), down, bias(mlp.gate_proj),
+                          bias(mlp.up_proj), mlp.down_proj.bias, row_mask, kept, onednn, down_t is not None, row_tile)
 
 
 def compact_activations(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
@@ -126,7 +163,25 @@ def compact_down(act: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
 
 def compact_ffn(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> torch.Tensor:
     """y = W_down[:, K] (act(W_gate[K] x) * W_up[K] x) for hidden [B, T, d]; rows masked inside K if given."""
-    return compact_down(compact_activations(mlp, hidden, weights), weights)
+    return compact_block(mlp, hidden, weights)[1]
+
+
+def compact_block(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the kept neurons' activations [B, T, k], output [B, T, d]) for hidden [B, T, d]. A multi-token
+    block's rows run padded with zero rows to a multiple of `weights.row_tile` (not under a row mask,
+    which is per row)."""
+    batch, tokens, d = hidden.shape
+    rows = batch * tokens
+    if tokens == 1 or weights.row_mask is not None:
+        act = compact_activations(mlp, hidden, weights)
+        return act[..., :weights.kept], compact_down(act, weights)
+    x = hidden.reshape(rows, d)
+    padded = round_up(rows, weights.row_tile)
+    if padded > rows:
+        x = torch.cat([x, x.new_zeros(padded - rows, d)])
+    act = compact_activations(mlp, x, weights)                          # [padded, width]
+    out = compact_down(act, weights)[:rows]
+    return act[:rows, :weights.kept].unflatten(0, (batch, tokens)), out.unflatten(0, (batch, tokens))
 
 
 def union_kept(kept_sets: list[list[torch.Tensor]], width: int) -> list[torch.Tensor]:

@@ -203,8 +203,8 @@ class DartEngine:
         active = [s for s, count in zip(states, counts) if count]
         sequences = len({s.uid for s in active})
         if plan.path == "rowwise":          # each row reads its own gathered weights
-            return {s.uid: FfnExecution("rowwise", [int(k.numel()) for k in s.kept], 0, sequences, reads_alone=True)
-                    for s in active}
+            return {s.uid: FfnExecution("rowwise", [w.width for w in weights], 0, sequences, reads_alone=True)
+                    for s, weights in zip(states, plan.row_weights) if weights is not None}
         if plan.path == "masked":
             elements = 0 if masks is None else self.shape.num_layers * self.shape.width
             execution = FfnExecution("masked", None, elements, sequences, applied=plan.applied)

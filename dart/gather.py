@@ -10,7 +10,9 @@ import torch
 
 from .compact import (
     AUTO_MAX_FRACTION,
+    GATHER_TILE,
     MASKED,
+    ROW_TILE,
     CompactWeights,
     FfnPlan,
     choose_block_path,
@@ -39,6 +41,9 @@ class GatherCache:
     def __init__(self, mlps: list[DartMLP], config: DartConfig, dtype: torch.dtype, onednn: bool = False,
                  cache_dir: Path | None = None) -> None:
         self.mlps, self.ffn_path, self.dtype, self.onednn = mlps, config.ffn_path, dtype, onednn
+        # oneDNN compiles a kernel per matmul shape: gathered sets and prompt blocks are padded to tiles
+        # so that shapes repeat (dart.compact); other kernels run the kept widths as they are
+        self.tile, self.row_tile = (GATHER_TILE, ROW_TILE) if onednn else (1, 1)
         self.shared_decode = config.decode_masks == "shared"     # rows of a decode forward share one set
         self.costs = GatherCost(config.gather_cost, lambda rows: cached_gather_cost(
             mlps[0], lambda ids: self.gather(0, ids), onednn, rows, cache_dir))
@@ -84,7 +89,8 @@ class GatherCache:
         if self.transpose_down and self._down_t is None:
             self._down_t = [m.down_proj.weight.t().contiguous() for m in self.mlps]
         return gather_layer(mlp, ids.to(mlp.gate_proj.weight.device), row_mask, onednn=self.onednn,
-                            down_t=None if self._down_t is None else self._down_t[layer])
+                            down_t=None if self._down_t is None else self._down_t[layer], tile=self.tile,
+                            row_tile=self.row_tile)
 
     def plan(self, states: list[SequenceState], phases: list[ForwardPhase], counts: list[int],
              tokens: int) -> FfnPlan:
@@ -226,9 +232,10 @@ class GatherCache:
             self.decode_gathers += 1
             if self.time_gathers:
                 self.costs.observe(sum(widths), width, time.perf_counter() - began)
+        computed = [w.width for w in weights]              # the kept widths and their padding
         if shared:
-            return FfnPlan("shared", weights, widths, applied=widths)
-        return FfnPlan(path, weights, widths)
+            return FfnPlan("shared", weights, computed, applied=widths)
+        return FfnPlan(path, weights, computed)
 
     def _row_mask(self, states: list[SequenceState], active: tuple[int, ...], layer: int, ids: torch.Tensor,
                   width: int) -> torch.Tensor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .compact import CompactWeights, compact_activations, compact_down
+from .compact import CompactWeights, compact_block
 from .patch import DartMLP
 from .phase import ForwardPhase
 from .state import SequenceState
@@ -54,10 +54,10 @@ class ForwardPass:
             return self._rowwise_ffn(layer, mlp, hidden)
         if self.compact is not None:
             weights = self.compact[layer]
-            act = compact_activations(mlp, hidden, weights)               # [B, T, k]
+            act, out = compact_block(mlp, hidden, weights)                # [B, T, k], [B, T, d]
             for b in self.accumulating:
                 self._accumulate(b, layer, self._tokens(act, b), weights.ids)
-            return compact_down(act, weights)
+            return out
         act = mlp.activations(hidden)                                    # [B, T, N]
         for b in self.calibrating:
             replay = self.states[b].replay_inputs(layer)
@@ -85,10 +85,10 @@ class ForwardPass:
         for b, weights in enumerate(self.row_compact):
             if weights is None:
                 continue
-            act = compact_activations(mlp, self._tokens(hidden, b), weights[layer])    # [T_b, k_b]
+            act, y = compact_block(mlp, self._tokens(hidden, b)[None], weights[layer])    # [1, T_b, k_b], [1, T_b, d]
+            act, y = act[0], y[0]
             if b in self.accumulating:
                 self._accumulate(b, layer, act, weights[layer].ids)
-            y = compact_down(act, weights[layer])
             if self.all_valid:
                 out[b] = y
             else:

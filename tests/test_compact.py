@@ -2,9 +2,12 @@
 import pytest
 import torch
 
-from dart.compact import GATHER_COST_IN_FORWARDS, choose_path, compact_ffn, forwards_to_amortize, gather_layer, union_kept
+from dart.compact import (GATHER_COST_IN_FORWARDS, choose_path, compact_block, compact_ffn, forwards_to_amortize,
+                          gather_layer, union_kept)
 from dart.config import DartConfig, GenerationConfig
+from dart import compact
 from dart.engine import DartEngine
+from dart.kernels import onednn_available
 from dart.accounting import ModelShape, overhead_flops
 from dart.phase import ForwardPhase
 
@@ -47,6 +50,41 @@ def test_gathered_ffn_equals_masked_ffn_for_shared_and_distinct_masks(tiny):
     assert union.tolist() == [0, 1, 3, 4, 5, 9, 10, 20, 36]
     row_mask = masks.index_select(2, union)                                    # [B, 1, |U|]
     assert torch.allclose(compact_ffn(mlp, hidden, gather_layer(mlp, union, row_mask)), masked, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile,row_tile,width", [(8, 4, 8), (16, 8, 16), (64, 32, N)])
+def test_zero_neurons_and_rows_padding_a_gathered_set_change_no_output(tiny, tile, row_tile, width):
+    mlp = tiny[0].model.layers[1].mlp
+    hidden = torch.randn(1, 11, D, generator=torch.Generator().manual_seed(2))
+    kept = torch.tensor([0, 3, 4, 9, 20, 36])
+    plain, padded = gather_layer(mlp, kept), gather_layer(mlp, kept, tile=tile, row_tile=row_tile)
+    assert (plain.width, padded.width, padded.kept) == (6, width, 6)      # at most N: 37 neurons
+    assert padded.gate[6:].abs().sum() == 0 and padded.down.shape == (width, D) or padded.down.shape == (D, width)
+    act, out = compact_block(mlp, hidden, padded)
+    plain_act, plain_out = compact_block(mlp, hidden, plain)
+    assert act.shape == plain_act.shape == (1, 11, 6)
+    assert torch.allclose(act, plain_act, atol=1e-6) and torch.allclose(out, plain_out, atol=1e-6)
+    masks = torch.zeros(3, 1, N)
+    masks[0, 0, :10], masks[2, 0, 3:] = 1, 1
+    rows = torch.randn(3, 1, D, generator=torch.Generator().manual_seed(4))    # a decode step under the union's row masks
+    union = compact_ffn(mlp, rows, gather_layer(mlp, kept, masks.index_select(2, kept), tile=tile, row_tile=row_tile))
+    assert torch.allclose(union, compact_ffn(mlp, rows, gather_layer(mlp, kept, masks.index_select(2, kept))), atol=1e-6)
+
+
+@pytest.mark.skipif(not onednn_available(torch.device("cpu")), reason="this torch build has no oneDNN linear ops")
+def test_onednn_pads_gathered_widths_and_counts_the_padding_as_executed(tiny):
+    ledgers = {}
+    for kernel in ("torch", "onednn"):
+        engine = DartEngine(*tiny, DartConfig(method="dart", keep_ratio=0.5, linear_kernel=kernel, ffn_path="compact",
+                                              prefill={"mode": "blockwise", "block_tokens": 8}))
+        try:
+            assert engine.gathers.tile == (compact.GATHER_TILE if kernel == "onednn" else 1)
+            _, batch = engine.prefill(prompts(4)[3:])
+            ledgers[kernel] = batch.states[0].ledger
+        finally:
+            engine.close()
+    assert ledgers["onednn"].flops_kept == ledgers["torch"].flops_kept
+    assert ledgers["onednn"].flops_executed > ledgers["torch"].flops_executed    # 37 neurons computed per pruned layer
 
 
 def test_compact_generation_equals_masked_generation_at_batch_one(tiny):
