@@ -13,6 +13,7 @@ from .compact import (
     GATHER_TILE,
     MASKED,
     ROW_TILE,
+    round_up,
     CompactWeights,
     FfnPlan,
     choose_block_path,
@@ -22,7 +23,7 @@ from .compact import (
     union_kept,
 )
 from .config import ROWWISE_MAX_FFN_COPIES
-from .gather_cost import GatherCost, cached_gather_cost
+from .gather_cost import BlockCosts, GatherCost, cached_block_costs, cached_gather_cost
 from .scores import shared_selection
 from .patch import DartMLP
 
@@ -47,6 +48,9 @@ class GatherCache:
         self.shared_decode = config.decode_masks == "shared"     # rows of a decode forward share one set
         self.costs = GatherCost(config.gather_cost, lambda rows: cached_gather_cost(
             mlps[0], lambda ids: self.gather(0, ids), onednn, rows, cache_dir))
+        # a prompt block's paths by measured seconds; with a fixed gather_cost, by neuron-tokens (gathers free)
+        self._block_costs = None if config.gather_cost is not None else (
+            lambda: cached_block_costs(mlps, self.gather, onednn, cache_dir))
         self.time_gathers = mlps[0].gate_proj.weight.device.type == "cpu"    # recorded; a GPU's run async
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
@@ -105,7 +109,7 @@ class GatherCache:
         if self.ffn_path == "masked":
             return self._masked(states, active, tokens == 1)
         path = None
-        if tokens > 1 and (len(active) < len(states) or len({states[b].uid for b in active}) > 1):
+        if tokens > 1:
             path = self._block_path(states, active, counts, tokens)
             if path in ("masked", "rowwise"):
                 return MASKED if path == "masked" else self._rowwise(states, active)
@@ -185,19 +189,43 @@ class GatherCache:
                 for layer in range(groups[0].shape.num_layers)]
 
     def _block_path(self, states: list[SequenceState], active: tuple[int, ...], counts: list[int], tokens: int) -> str:
-        """masked, compact/union or rowwise for a prompt block, by neuron-tokens per layer. Rowwise keeps a
-        gathered copy per row: it is left out where the copies would outgrow ROWWISE_MAX_FFN_COPIES."""
+        """masked, compact/union or rowwise for a prompt block, by its FFN's cost per layer (`block_costs`).
+        Rowwise keeps a gathered copy per row: it is left out where the copies would outgrow
+        ROWWISE_MAX_FFN_COPIES."""
         width, layers = states[0].shape.width, states[0].shape.num_layers
-        kept_sets = list({states[b].uid: states[b].kept for b in active}.values())
-        union = kept_sets[0] if len(kept_sets) == 1 else union_kept(kept_sets, width)
+        sets = {states[b].uid: states[b] for b in active}
+        union = next(iter(sets.values())).kept if len(sets) == 1 else union_kept([s.kept for s in sets.values()], width)
+        unit = self.block_costs()
+        gathered = {key for key in self._rows} | ({(uid, version) for uid, version in self._key[2]} if self._key else set())
+
+        def gathering(state: SequenceState, neurons: float) -> float:    # a set already gathered costs nothing
+            return 0.0 if (state.uid, state.mask_version) in gathered else neurons * unit.neuron
+
         padded = len(states) * tokens                   # the masked and union paths compute padding too
-        costs = {"masked": padded * width, "union": padded * sum(int(k.numel()) for k in union) / layers,
-                 "rowwise": sum(counts[b] * sum(int(k.numel()) for k in states[b].kept) for b in active) / layers}
-        copies = sum(sum(int(k.numel()) for k in kept) for kept in kept_sets) / (layers * width)
-        if len(kept_sets) > 1 and copies > ROWWISE_MAX_FFN_COPIES:
+        union_width = sum(min(round_up(int(k.numel()), self.tile), width) for k in union) / layers
+        costs = {"masked": padded * unit.token,
+                 "union": padded * union_width * unit.token_neuron
+                 + (gathering(next(iter(sets.values())), union_width) if len(sets) == 1 else union_width * unit.neuron),
+                 "rowwise": sum(counts[b] * self._width(states[b]) * unit.token_neuron for b in active)
+                 + sum(gathering(s, self._width(s)) for s in sets.values())}
+        copies = sum(self._width(s) for s in sets.values()) / width
+        if len(sets) > 1 and copies > ROWWISE_MAX_FFN_COPIES:
             del costs["rowwise"]
         path = choose_block_path(costs, self.ffn_path)
-        return "compact" if path == "union" and len(kept_sets) == 1 else path
+        return "compact" if path == "union" and len(sets) == 1 else path
+
+    def _width(self, state: SequenceState) -> float:
+        """Neurons a row's gathered set computes per layer, on average (its kept ones and their padding)."""
+        width = state.shape.width
+        return sum(min(round_up(int(k.numel()), self.tile), width) for k in state.kept) / len(state.kept)
+
+    def block_costs(self) -> BlockCosts:
+        """Per-unit seconds of a prompt block's FFN paths (dart.gather_cost.BlockCosts), measured once; with
+        a fixed `gather_cost`, neuron-tokens: a masked token computes every neuron, gathers are free."""
+        if not isinstance(self._block_costs, BlockCosts):
+            width = self.mlps[0].gate_proj.weight.shape[0]
+            self._block_costs = BlockCosts(width, 1.0, 0.0) if self._block_costs is None else self._block_costs()
+        return self._block_costs
 
     def _rowwise(self, states: list[SequenceState], active: tuple[int, ...]) -> FfnPlan:
         """Each active row's own gathered weights, kept per mask set across the blocks of a prefill."""

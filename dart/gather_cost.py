@@ -1,7 +1,11 @@
 """What a decode gather costs, in the masked forwards whose savings repay it (the unit of
 `dart.compact.forwards_to_amortize`): measured once per engine and batch size on the first layer and
 cached beside the kernel verdicts, so that an engine's path choices, and with them its bf16 tokens, are
-the same in every run on a machine.
+the same in every run on a machine. And what a prompt block's FFN costs per token on the masked path,
+per token and kept neuron on gathered weights, and per neuron gathered (`BlockCosts`): measured and
+cached the same way, once per engine. On an AMX Xeon in bf16 the masked path runs on packed weights
+and the gathered on plain ones, and a gather copies weights that a prompt block then reads only once:
+a 400-token block kept at 70% ran faster masked, at 50% gathered (bench/README.md section 25).
 
 On a CPU the engine also records how long its decode gathers take against what the measurement
 predicts (`GatherCost.ratios`, for benches). Inside a job decode gathers took 1.3-2.2x their prediction
@@ -110,6 +114,72 @@ def measured_gather_cost(mlp: DartMLP, gather: Callable[[torch.Tensor], CompactW
     log.info("a decode gather repays in %.1f forwards at half the neurons, %d row(s) (%s, %s)", cost, rows,
              device, weight.dtype)
     return MeasuredCost(cost, seconds["gather"])
+
+
+# Rows of the measured prompt block: the blocks that prune are the prompt past its first block.
+BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class BlockCosts:
+    """Seconds of one layer's FFN in a prompt block, per unit of work: `token`, a token on the masked
+    path (every neuron, the routed weights); `token_neuron`, a token times a kept neuron on gathered
+    weights; `neuron`, gathering one neuron's weights."""
+
+    token: float
+    token_neuron: float
+    neuron: float
+
+
+def cached_block_costs(mlps: list[DartMLP], gather: Callable[[int, torch.Tensor], CompactWeights], onednn: bool,
+                       cache_dir: Path | None) -> BlockCosts:
+    """measured_block_costs, read from / stored in the verdict cache (so engines on one machine agree)."""
+    weight = mlps[0].gate_proj.weight
+    path = None
+    if cache_dir is not None and weight.device.type == "cpu":
+        path = verdict_key("block", {"shape": list(weight.shape), "dtype": str(weight.dtype), "layers": len(mlps),
+                                     "onednn": onednn, "rows": BLOCK_ROWS}, cache_dir)
+    cached = read_verdict(path, None)
+    if cached is not None:
+        try:
+            return BlockCosts(*map(float, cached.split()))
+        except (TypeError, ValueError):
+            pass
+    measured = measured_block_costs(mlps, gather)
+    write_verdict(path, f"{measured.token!r} {measured.token_neuron!r} {measured.neuron!r}")
+    return measured
+
+
+@torch.inference_mode()
+def measured_block_costs(mlps: list[DartMLP], gather: Callable[[int, torch.Tensor], CompactWeights]) -> BlockCosts:
+    """A BLOCK_ROWS-token block's FFN masked and on half of each layer's neurons gathered, and the gather
+    (`gather`: layer, kept ids -> weights), each over every layer in turn so that weights come from
+    memory as in a forward."""
+    weight = mlps[0].gate_proj.weight
+    width, hidden = weight.shape
+    device = weight.device
+    kept = torch.arange(0, width, 2, device=device)
+    x = torch.zeros(1, BLOCK_ROWS, hidden, dtype=weight.dtype, device=device).normal_()
+    mask = torch.ones(1, 1, width, dtype=weight.dtype, device=device)
+    halves = [gather(layer, kept) for layer in range(len(mlps))]
+
+    def each_layer(run):
+        def call() -> None:
+            for layer in range(len(mlps)):
+                run(layer)
+            synchronize(device)
+        return call
+
+    seconds = best_seconds({"masked": each_layer(lambda l: mlps[l].down_proj(mlps[l].activations(x) * mask)),
+                            "gathered": each_layer(lambda l: compact_ffn(mlps[l], x, halves[l])),
+                            "gather": each_layer(lambda l: gather(l, kept))}, reps=3)
+    layers, neurons = len(mlps), halves[0].width
+    costs = BlockCosts(seconds["masked"] / (layers * BLOCK_ROWS), seconds["gathered"] / (layers * BLOCK_ROWS * neurons),
+                       seconds["gather"] / (layers * neurons))
+    log.info("a %d-token prompt block's FFN: %.2f ms a layer masked, %.2f gathered at half the neurons plus %.2f "
+             "for the gather (%s, %s)", BLOCK_ROWS, 1e3 * seconds["masked"] / layers,
+             1e3 * seconds["gathered"] / layers, 1e3 * seconds["gather"] / layers, device, weight.dtype)
+    return costs
 
 
 def synchronize(device: torch.device) -> None:

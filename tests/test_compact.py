@@ -217,7 +217,7 @@ def test_rowwise_prompt_copies_are_capped_by_a_memory_budget(tiny):
     from dart.config import PrefillConfig
     from dart.engine import DartEngine
 
-    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1,
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1, gather_cost=GATHER_COST_IN_FORWARDS,
                      prefill=PrefillConfig(mode="blockwise", first_block_tokens=4, block_tokens=16))
     rows = [[5 + (i * 7 + b) % 200 for i in range(40)] for b in range(6)]   # 6 rows: 3 FFN copies at keep 0.5
     engine = DartEngine(*tiny, cfg)
@@ -265,3 +265,40 @@ def test_decode_gathers_on_a_cpu_are_timed(tiny, tmp_path):
         assert all(ratio > 0 for ratio in engine.gathers.costs.ratios)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("neuron,compact_blocks", [(1.0, 0), (0.0, 5)])
+def test_a_prompt_blocks_path_follows_measured_costs(tiny, monkeypatch, neuron, compact_blocks):
+    """A block's FFN runs gathered only where the gather and the gathered matmuls cost less than masked."""
+    import dart.gather
+    from dart.gather_cost import BlockCosts
+
+    costs = BlockCosts(token=N * 1e-6, token_neuron=1e-6, neuron=neuron)
+    monkeypatch.setattr(dart.gather, "cached_block_costs", lambda *args: costs)
+
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1,
+                     prefill={"mode": "blockwise", "block_tokens": 8})
+    engine = DartEngine(*tiny, cfg)
+    try:
+        _, batch = engine.prefill([prompts(4)[3] + prompts(4)[1]])        # 44 tokens: a calibrating block, then 5
+        assert batch.states[0].ledger.compact_forwards == compact_blocks
+    finally:
+        engine.close()
+
+
+def test_block_costs_are_measured_once_per_machine_and_cached(tiny, tmp_path):
+    from dart.gather_cost import BlockCosts
+
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1)
+    engine = DartEngine(*tiny, cfg, cache_dir=str(tmp_path))
+    try:
+        costs = engine.gathers.block_costs()
+        assert all(0 < value < 1 for value in (costs.token, costs.token_neuron)) and costs.neuron > 0
+    finally:
+        engine.close()
+    again = DartEngine(*tiny, cfg, cache_dir=str(tmp_path))
+    try:
+        assert again.gathers.block_costs() == costs                       # read back, not measured again
+        assert isinstance(costs, BlockCosts)
+    finally:
+        again.close()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from dart.compact import GATHER_COST_IN_FORWARDS
 from dart.config import DartConfig, DriftConfig, GenerationConfig, PrefillConfig
 from pipeline.config import dart_settings
 
@@ -24,7 +25,10 @@ CONFIGS = {
 
 
 def blockwise(cfg: DartConfig, block_tokens: int, **update) -> DartConfig:
-    return cfg.model_copy(update={"prefill": PrefillConfig(mode="blockwise", block_tokens=block_tokens), **update})
+    """cfg with its prompt in blocks. A fixed gather cost: a block's FFN path by neuron-tokens, as the paths
+    these tests compare would not be chosen on a tiny model by measured seconds."""
+    return cfg.model_copy(update={"prefill": PrefillConfig(mode="blockwise", block_tokens=block_tokens),
+                                  "gather_cost": GATHER_COST_IN_FORWARDS, **update})
 
 
 def prompts(lengths=(9, 30, 17)):
