@@ -129,10 +129,12 @@ class DartConfig(FrozenModel):
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift detection (method dart only).")
     ffn_path: FfnPath = Field("auto", description="masked multiplies by masks; compact computes only the "
                               "kept neurons (rows sharing one mask); auto picks per forward between masked, "
-                              "compact and the union of the rows' kept neurons, by the weight bytes each reads.")
+                              "compact and the union of the rows' kept neurons, by the weight bytes each reads "
+                              "(decode) or the seconds each takes (a prompt block).")
     gather_cost: float | None = Field(None, gt=0, description="Under ffn_path auto, the decode forwards a gather "
                                       "of half the neurons takes to repay; null: measured per engine, device, dtype "
-                                      "and batch size (dart/gather.py).")
+                                      "and batch size, and a prompt block's paths by their measured seconds "
+                                      "(dart/gather_cost.py); given: prompt blocks by neuron-tokens, gathers free.")
     decode_masks: DecodeMasks = Field("per_row", description="per_row: each row decodes on its own kept "
                                       "neurons (a batch of rows with different sets runs on their union, which at "
                                       "4 rows and keep 0.5 is nearly every neuron); shared: a decode forward whose "
