@@ -14,6 +14,7 @@ faster, but made path choices depend on timing during a run, so it is not done.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,18 +66,22 @@ def cached_gather_cost(mlp: DartMLP, gather: Callable[[torch.Tensor], CompactWei
                        cache_dir: Path | None) -> MeasuredCost:
     """measured_gather_cost, read from / stored in the verdict cache (so engines on one machine agree)."""
     weight = mlp.gate_proj.weight
-    path = None
-    if cache_dir is not None and weight.device.type == "cpu":
-        path = verdict_key("gather", {"shape": list(weight.shape), "dtype": str(weight.dtype), "rows": rows,
-                                      "onednn": onednn, "rule": "saving-v2"}, cache_dir)
+    key = {"shape": list(weight.shape), "dtype": str(weight.dtype), "rows": rows, "onednn": onednn, "rule": "saving-v2"}
+    return cached_measurement("gather", key, weight.device, cache_dir, MeasuredCost,
+                              lambda: measured_gather_cost(mlp, gather, onednn, rows))
+
+
+def cached_measurement(kind: str, key: dict, device: torch.device, cache_dir: Path | None, kind_type: type, measure):
+    """A measured dataclass of floats, read from the verdict cache (a CPU's) or measured and stored there."""
+    path = verdict_key(kind, key, cache_dir) if cache_dir is not None and device.type == "cpu" else None
     cached = read_verdict(path, None)
     if cached is not None:
         try:
-            return MeasuredCost(*map(float, cached.split()))
+            return kind_type(*map(float, cached.split()))
         except (TypeError, ValueError):
             pass
-    measured = measured_gather_cost(mlp, gather, onednn, rows)
-    write_verdict(path, f"{measured.forwards!r} {measured.half_layer_seconds!r}")
+    measured = measure()
+    write_verdict(path, " ".join(repr(value) for value in dataclasses.astuple(measured)))
     return measured
 
 
@@ -135,19 +140,10 @@ def cached_block_costs(mlps: list[DartMLP], gather: Callable[[int, torch.Tensor]
                        cache_dir: Path | None) -> BlockCosts:
     """measured_block_costs, read from / stored in the verdict cache (so engines on one machine agree)."""
     weight = mlps[0].gate_proj.weight
-    path = None
-    if cache_dir is not None and weight.device.type == "cpu":
-        path = verdict_key("block", {"shape": list(weight.shape), "dtype": str(weight.dtype), "layers": len(mlps),
-                                     "onednn": onednn, "rows": BLOCK_ROWS}, cache_dir)
-    cached = read_verdict(path, None)
-    if cached is not None:
-        try:
-            return BlockCosts(*map(float, cached.split()))
-        except (TypeError, ValueError):
-            pass
-    measured = measured_block_costs(mlps, gather)
-    write_verdict(path, f"{measured.token!r} {measured.token_neuron!r} {measured.neuron!r}")
-    return measured
+    key = {"shape": list(weight.shape), "dtype": str(weight.dtype), "layers": len(mlps), "onednn": onednn,
+           "rows": BLOCK_ROWS}
+    return cached_measurement("block", key, weight.device, cache_dir, BlockCosts,
+                              lambda: measured_block_costs(mlps, gather))
 
 
 @torch.inference_mode()
