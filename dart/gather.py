@@ -49,8 +49,9 @@ class GatherCache:
         self.costs = GatherCost(config.gather_cost, lambda rows: cached_gather_cost(
             mlps[0], lambda ids: self.gather(0, ids), onednn, rows, cache_dir))
         # a prompt block's paths by measured seconds; with a fixed gather_cost, by neuron-tokens (gathers free)
-        self._block_costs = None if config.gather_cost is not None else (
+        self._measure_blocks = None if config.gather_cost is not None else (
             lambda: cached_block_costs(mlps, self.gather, onednn, cache_dir))
+        self._block_costs: BlockCosts | None = None
         self.time_gathers = mlps[0].gate_proj.weight.device.type == "cpu"    # recorded; a GPU's run async
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
@@ -222,9 +223,9 @@ class GatherCache:
     def block_costs(self) -> BlockCosts:
         """Per-unit seconds of a prompt block's FFN paths (dart.gather_cost.BlockCosts), measured once; with
         a fixed `gather_cost`, neuron-tokens: a masked token computes every neuron, gathers are free."""
-        if not isinstance(self._block_costs, BlockCosts):
+        if self._block_costs is None:
             width = self.mlps[0].gate_proj.weight.shape[0]
-            self._block_costs = BlockCosts(width, 1.0, 0.0) if self._block_costs is None else self._block_costs()
+            self._block_costs = BlockCosts(width, 1.0, 0.0) if self._measure_blocks is None else self._measure_blocks()
         return self._block_costs
 
     def _rowwise(self, states: list[SequenceState], active: tuple[int, ...]) -> FfnPlan:
