@@ -62,8 +62,8 @@ AUTO_MAX_FRACTION = 0.9
 # 14-24 at batch 4 (the union's); more when the copies land on fresh pages.
 GATHER_COST_IN_FORWARDS = 12.0
 # Under oneDNN: gathered widths rounded up to a multiple of GATHER_TILE (zero neurons), a prompt block's
-# token rows to a multiple of ROW_TILE (zero rows). 64 and 32 ran the summarize job's prompts fastest of
-# 16-128 on an AMX Xeon, new prompts and repeated ones (bench/README.md section 25).
+# token rows to a multiple of ROW_TILE (zero rows). On an AMX Xeon, new job prompts ran as fast with 64/32 as
+# with 128/64, repeated ones faster; 32-neuron tiles ran slower (bench/README.md section 25).
 GATHER_TILE = 64
 ROW_TILE = 32
 
