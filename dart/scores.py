@@ -16,10 +16,21 @@ def float_squares(act: torch.Tensor) -> torch.Tensor:
     return squares.mul_(squares)
 
 
+# Half-precision activations are squared in float32 this many tokens at a time: the float32 copy stays
+# in cache instead of a fresh [T, N] buffer per layer (bench/README.md section 25).
+SQUARE_CHUNK_TOKENS = 64
+
+
 def l2_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
     """Add tokens' squared activations, in float32. sum_sq: [N]; act: [T, N] (any float dtype), or [T, k]
-    of the neurons `ids` alone (the others computed nothing: 0)."""
-    return _add(sum_sq, float_squares(act).sum(dim=0), ids)
+    of the neurons `ids` alone (the others computed nothing: 0). Float32 activations are summed whole, so
+    float32 runs sum as they always have."""
+    if act.dtype == torch.float32 or act.shape[0] <= SQUARE_CHUNK_TOKENS:
+        return _add(sum_sq, float_squares(act).sum(dim=0), ids)
+    total = torch.zeros(act.shape[1], dtype=torch.float32, device=act.device)
+    for part in act.split(SQUARE_CHUNK_TOKENS):
+        total += float_squares(part).sum(dim=0)
+    return _add(sum_sq, total, ids)
 
 
 def griffin_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -82,6 +82,16 @@ def test_statistics_of_kept_neurons_alone_equal_those_of_all_neurons_with_zeros(
     assert torch.allclose(scores.griffin_update(prior, act, ids), scores.griffin_update(prior, full))
 
 
+def test_half_precision_squares_summed_in_chunks_equal_the_float32_sums():
+    gen = torch.Generator().manual_seed(7)
+    act = torch.randn(3 * scores.SQUARE_CHUNK_TOKENS + 5, 40, generator=gen).to(torch.bfloat16)
+    ids = torch.arange(0, 80, 2)
+    prior = torch.rand(80, generator=gen)
+    exact = prior.index_add(0, ids, act.double().square().sum(0).float())
+    assert torch.allclose(scores.l2_update(prior, act, ids), exact, rtol=1e-5)
+    assert torch.allclose(scores.l2_update(prior[:40], act), prior[:40] + act.double().square().sum(0).float(), rtol=1e-5)
+
+
 def test_l2_ema_griffin_statistics():
     act = torch.tensor([[3.0, -4.0], [0.0, 2.0]])
     assert scores.magnitude(scores.l2_update(torch.zeros(2), act), None).tolist() == pytest.approx([3, math.sqrt(20)])
