@@ -68,8 +68,9 @@ GATHER_TILE = 64
 ROW_TILE = 32
 
 
-def round_up(count: int, tile: int) -> int:
-    return -(-count // tile) * tile
+def padded_width(kept: int, tile: int, full: int) -> int:
+    """Neurons a gathered set of `kept` computes: rounded up to a multiple of `tile`, at most `full` (N)."""
+    return max(kept, min(-(-kept // tile) * tile, full))
 
 
 def forwards_to_amortize(gathered_fraction: float, cost: float = GATHER_COST_IN_FORWARDS) -> int:
@@ -124,8 +125,8 @@ def gather_layer(mlp: DartMLP, kept: torch.Tensor, row_mask: torch.Tensor | None
     oneDNN's kernel if `onednn` (plain; `CompactWeights.pack` packs them), followed by zero neurons up
     to a multiple of `tile` (at most N). Gate and up stay two matmuls: one fused [2k, d] matmul measured
     no faster on CPU (0.994x)."""
-    k, full = int(kept.numel()), mlp.gate_proj.weight.shape[0]
-    width = max(k, min(round_up(k, tile), full))
+    k = int(kept.numel())
+    width = padded_width(k, tile, mlp.gate_proj.weight.shape[0])
 
     ids = kept if width == k else F.pad(kept, (0, width - k))      # the padding's rows copy neuron 0, then zeroed
 
@@ -181,7 +182,7 @@ def compact_block(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -
         act = compact_activations(mlp, hidden, weights)
         return act[..., :weights.kept], compact_down(act, weights)
     x = hidden.reshape(rows, d)
-    padded = round_up(rows, weights.row_tile)
+    padded = -(-rows // weights.row_tile) * weights.row_tile
     if padded > rows:
         x = torch.cat([x, x.new_zeros(padded - rows, d)])
     act = compact_activations(mlp, x, weights)                          # [padded, width]

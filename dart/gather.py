@@ -13,13 +13,13 @@ from .compact import (
     GATHER_TILE,
     MASKED,
     ROW_TILE,
-    round_up,
     CompactWeights,
     FfnPlan,
     choose_block_path,
     choose_path,
     forwards_to_amortize,
     gather_layer,
+    padded_width,
     union_kept,
 )
 from .config import ROWWISE_MAX_FFN_COPIES
@@ -193,32 +193,32 @@ class GatherCache:
         """masked, compact/union or rowwise for a prompt block, by its FFN's cost per layer (`block_costs`).
         Rowwise keeps a gathered copy per row: it is left out where the copies would outgrow
         ROWWISE_MAX_FFN_COPIES."""
-        width, layers = states[0].shape.width, states[0].shape.num_layers
+        width = states[0].shape.width
         sets = {states[b].uid: states[b] for b in active}
-        union = next(iter(sets.values())).kept if len(sets) == 1 else union_kept([s.kept for s in sets.values()], width)
+        widths = {uid: self._mean_width(s.kept) for uid, s in sets.items()}     # neurons each row's set computes
+        union = None if len(sets) == 1 else union_kept([s.kept for s in sets.values()], width)
+        union_width = next(iter(widths.values())) if union is None else self._mean_width(union)
         unit = self.block_costs()
-        gathered = {key for key in self._rows} | ({(uid, version) for uid, version in self._key[2]} if self._key else set())
+        gathered = set(self._rows) | set(self._key[2] if self._key else ())
 
-        def gathering(state: SequenceState, neurons: float) -> float:    # a set already gathered costs nothing
-            return 0.0 if (state.uid, state.mask_version) in gathered else neurons * unit.neuron
+        def gathering(state: SequenceState) -> float:       # a set already gathered costs nothing
+            return 0.0 if (state.uid, state.mask_version) in gathered else widths[state.uid] * unit.neuron
 
         padded = len(states) * tokens                   # the masked and union paths compute padding too
-        union_width = sum(min(round_up(int(k.numel()), self.tile), width) for k in union) / layers
         costs = {"masked": padded * unit.token,
                  "union": padded * union_width * unit.token_neuron
-                 + (gathering(next(iter(sets.values())), union_width) if len(sets) == 1 else union_width * unit.neuron),
-                 "rowwise": sum(counts[b] * self._width(states[b]) * unit.token_neuron for b in active)
-                 + sum(gathering(s, self._width(s)) for s in sets.values())}
-        copies = sum(self._width(s) for s in sets.values()) / width
-        if len(sets) > 1 and copies > ROWWISE_MAX_FFN_COPIES:
+                 + (gathering(next(iter(sets.values()))) if union is None else union_width * unit.neuron),
+                 "rowwise": sum(counts[b] * widths[states[b].uid] * unit.token_neuron for b in active)
+                 + sum(gathering(s) for s in sets.values())}
+        if len(sets) > 1 and sum(widths.values()) / width > ROWWISE_MAX_FFN_COPIES:
             del costs["rowwise"]
         path = choose_block_path(costs, self.ffn_path)
         return "compact" if path == "union" and len(sets) == 1 else path
 
-    def _width(self, state: SequenceState) -> float:
-        """Neurons a row's gathered set computes per layer, on average (its kept ones and their padding)."""
-        width = state.shape.width
-        return sum(min(round_up(int(k.numel()), self.tile), width) for k in state.kept) / len(state.kept)
+    def _mean_width(self, kept: list[torch.Tensor]) -> float:
+        """Neurons a gathered set of these per-layer ids computes per layer, on average (with its padding)."""
+        full = self.mlps[0].gate_proj.weight.shape[0]
+        return sum(padded_width(int(ids.numel()), self.tile, full) for ids in kept) / len(kept)
 
     def block_costs(self) -> BlockCosts:
         """Per-unit seconds of a prompt block's FFN paths (dart.gather_cost.BlockCosts), measured once; with
