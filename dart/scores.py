@@ -26,11 +26,12 @@ def l2_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None 
     of the neurons `ids` alone (the others computed nothing: 0). Float32 activations are summed whole, so
     float32 runs sum as they always have."""
     if act.dtype == torch.float32 or act.shape[0] <= SQUARE_CHUNK_TOKENS:
-        return _add(sum_sq, float_squares(act).sum(dim=0), ids)
-    total = torch.zeros(act.shape[1], dtype=torch.float32, device=act.device)
-    for part in act.split(SQUARE_CHUNK_TOKENS):
-        total += float_squares(part).sum(dim=0)
-    return _add(sum_sq, total, ids)
+        per_neuron = float_squares(act).sum(dim=0)
+    else:
+        per_neuron = torch.zeros(act.shape[1], dtype=torch.float32, device=act.device)
+        for part in act.split(SQUARE_CHUNK_TOKENS):
+            per_neuron += float_squares(part).sum(dim=0)
+    return _add(sum_sq, per_neuron, ids)
 
 
 def griffin_update(sum_sq: torch.Tensor, act: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
