@@ -3,9 +3,9 @@ against the job's DART settings, one engine each, the sides alternated per promp
 
 A new prompt brings new matmul shapes (its length, and under DART each layer's kept width), and oneDNN
 compiles a kernel for each shape it has not seen: a bench that repeats one prompt never pays that, a job
-pays it on every document. `--tiles G R` sets the padding of gathered sets and prompt blocks
-(dart.compact.GATHER_TILE, ROW_TILE; `--tiles 1 1`: none) to compare in separate runs, each run a fresh
-process (oneDNN's kernel cache is per process).
+pays it on every document. `--tiles G R` sets each engine's padding of gathered sets and prompt
+blocks under oneDNN (default dart.compact.GATHER_TILE, ROW_TILE; `--tiles 1 1`: none), to compare in
+separate runs, each a fresh process (oneDNN's kernel cache is per process).
 
     python -m bench.new_prompts [--config conf/summarize.yaml --prompts 24 --tiles 64 32] [--side k=v,k=v ...]
 """
@@ -47,14 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--side", action="append", help="comma-separated overrides beside dense (default: the config)")
     common.dtype_argument(parser)
     args = parser.parse_args(argv)
-    compact.GATHER_TILE, compact.ROW_TILE = args.tiles
-    import dart.gather as gather                        # reads the tiles by name when an engine is made
-    gather.GATHER_TILE, gather.ROW_TILE = args.tiles
     model, tokenizer, proxies = common.load_embedded(1, level=logging.WARNING, dtype=args.dtype)
     sides = {"dense": ["dart.method=dense"], **{side or "(as shipped)": [o for o in side.split(",") if o]
                                                 for side in (args.side or [""])}}
     configs = {name: load_config(args.config, overrides) for name, overrides in sides.items()}
     engines = {name: DartEngine(common.sibling(model), tokenizer, c.dart, proxies=proxies) for name, c in configs.items()}
+    for engine in engines.values():
+        if engine.gathers.onednn:                       # the tiles apply under oneDNN alone
+            engine.gathers.tile, engine.gathers.row_tile = args.tiles
     config = configs["dense"]
     task = TASKS[config.task].runner(config.task_context(), tokenizer, engines["dense"])
     rows = pq.read_table(DATA).slice(0, WARM_UP + args.prompts).to_pylist()
