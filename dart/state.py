@@ -37,8 +37,7 @@ class SequenceState:
         self.peak_state_bytes = 0
         self.ledger = ForwardLedger()
         self.auto_counts: list[int] | None = None      # the auto budget of the last epoch that formed one
-        self._phase = DENSE
-        self._drift_fired = False
+        self._phase, self._drift_fired = DENSE, False
         self._formed_layers = 0          # masks selected in the forward in progress (overhead accounting)
         self.carried: torch.Tensor | None = None        # 'carry': previous epoch's per-token statistic [L, N]
         self.recent_inputs: list[torch.Tensor | None] = [None] * shape.num_layers   # per layer [<=R, d]
@@ -258,8 +257,10 @@ class SequenceState:
     def _select(self, layers: range, counts: list[int]) -> list[torch.Tensor]:
         """Kept ids of a run of layers (keep counts: counts[layer]) from the statistics so far."""
         selection = "topk" if self.cfg.method == "griffin" else self.cfg.selection
-        ranked = self.ranked_scores(slice(layers.start, layers.stop))
-        kept = scores.select_layers(ranked, counts[layers.start:layers.stop], selection)
+        counts = counts[layers.start:layers.stop]
+        every = selection == "topk" and min(counts) >= self.shape.width      # every neuron kept: nothing to rank
+        kept = ([torch.arange(self.shape.width, device=self.device)] * len(counts) if every else
+                scores.select_layers(self.ranked_scores(slice(layers.start, layers.stop)), counts, selection))
         self._formed_layers += len(kept)
         if self.trace is not None:
             self.trace.mask_formations += [{"forward": self.forward, "layer": layer, "kept": ids.tolist()}
