@@ -11,8 +11,10 @@ the decode gathers and their seconds over what the measured gather cost predicts
 A side is a comma-separated list of config overrides ("" is the config as shipped). A side that starts
 with `bound=K` is the job's bound at keep K: `dart.method=dense` on a sibling of the model whose every FFN
 keeps K of its neurons physically (bench.common.cut_sibling), so that it differs from the engine in its FFN
-alone. `--fixed-tokens` makes every row generate max_new_tokens (`generation.stop_on_eos=false`), so the
-sides decode the same tokens and differ in the seconds they take for them.
+alone. An item `group=N` makes the batcher's prefill groups hold at most N positions (rows times the
+longest prompt; by default 256 on a CPU, dart.scheduler). `--fixed-tokens` makes every row
+generate max_new_tokens (`generation.stop_on_eos=false`), so the sides decode the same tokens and differ
+in the seconds they take for them.
 """
 from __future__ import annotations
 
@@ -81,12 +83,13 @@ class TimedEngine:
 
 
 def run_items(engine: DartEngine, prompts: list[list[int]], gen, batch_size: int, rows_per_item: int,
-              in_flight: int) -> dict:
+              in_flight: int, group_tokens: int | None = None) -> dict:
     """Every prompt generated as an actor runs them: the rows of `in_flight` work items of `rows_per_item`
     rows share one continuous batch, and the next item's rows are submitted as soon as an item's last row
-    finishes (pipeline.tasks.batching). Returns {row index: result}."""
+    finishes (pipeline.tasks.batching); prefill groups of at most `group_tokens` positions (None: the
+    batcher's default). Returns {row index: result}."""
     items = [list(range(start, min(start + rows_per_item, len(prompts)))) for start in range(0, len(prompts), rows_per_item)]
-    batcher, results, queued = ContinuousBatcher(engine, gen, batch_size), {}, 0
+    batcher, results, queued = ContinuousBatcher(engine, gen, batch_size, group_tokens=group_tokens), {}, 0
     open_items: list[list[int]] = []
     while queued < len(items) or not batcher.idle:
         while queued < len(items) and len(open_items) < in_flight:
@@ -100,10 +103,10 @@ def run_items(engine: DartEngine, prompts: list[list[int]], gen, batch_size: int
 
 
 def run_side(engine: DartEngine, prompts: list[list[int]], gen, batch_size: int, rows_per_item: int,
-             in_flight: int) -> Tally:
+             in_flight: int, group_tokens: int | None = None) -> Tally:
     with TimedEngine(engine) as tally:
         began = time.perf_counter()
-        results = run_items(engine, prompts, gen, batch_size, rows_per_item, in_flight)
+        results = run_items(engine, prompts, gen, batch_size, rows_per_item, in_flight, group_tokens)
         tally.total = time.perf_counter() - began
     telemetry = [r.telemetry for r in results.values()]
     tally.paths = (sum(t.compact_forwards for t in telemetry), sum(t.union_forwards for t in telemetry),
@@ -142,8 +145,13 @@ def bound_keep(side: str) -> float | None:
     return float(head.removeprefix("bound=")) if head.startswith("bound=") else None
 
 
+def side_group_tokens(side: str) -> int | None:
+    groups = [o.removeprefix("group=") for o in side.split(",") if o.startswith("group=")]
+    return int(groups[-1]) if groups else None
+
+
 def side_overrides(side: str) -> list[str]:
-    overrides = [o for o in side.split(",") if o]
+    overrides = [o for o in side.split(",") if o and not o.startswith("group=")]
     return overrides if bound_keep(side) is None else ["dart.method=dense", *overrides[1:]]
 
 
@@ -176,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     tallies: dict[str, list[Tally]] = {side: [] for side in sides}
     for rep in range(args.reps):
         for side in (sides if rep % 2 == 0 else sides[::-1]):
-            tallies[side].append(run_side(engines[side], prompts, configs[side].generation, size, per_item, in_flight))
+            tallies[side].append(run_side(engines[side], prompts, configs[side].generation, size, per_item, in_flight,
+                                          side_group_tokens(side)))
     for engine in engines.values():
         engine.close()
     kernel = common.engine_kernel(model)
