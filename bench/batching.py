@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from bench import common
 from dart.engine import DartEngine
+from dart.group_cost import group_cap
 from dart.scheduler import Request, generate_continuously
 from pipeline.config import load_config
 from pipeline.tasks import TASKS
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer, proxies = common.load_embedded(args.threads, level=logging.WARNING)
     config = load_config(args.config, args.overrides)
     engine = DartEngine(model, tokenizer, config.dart, proxies=proxies)
+    group_cap(engine)                    # the batcher's measured prefill groups, before any timing
     task = TASKS[config.task].runner(config.task_context(), tokenizer, engine)
     rows = pq.read_table(config.input.paths[0]).slice(0, args.rows).to_pylist()
     prompts = [task.prepare(row)[0].ids for row in rows]

@@ -12,9 +12,9 @@ A side is a comma-separated list of config overrides ("" is the config as shippe
 with `bound=K` is the job's bound at keep K: `dart.method=dense` on a sibling of the model whose every FFN
 keeps K of its neurons physically (bench.common.cut_sibling), so that it differs from the engine in its FFN
 alone. An item `group=N` makes the batcher's prefill groups hold at most N positions (rows times the
-longest prompt; by default 256 on a CPU, dart.scheduler). `--fixed-tokens` makes every row
-generate max_new_tokens (`generation.stop_on_eos=false`), so the sides decode the same tokens and differ
-in the seconds they take for them.
+longest prompt) instead of what dart.group_cost measured (`group=256`: as before that measurement).
+`--fixed-tokens` makes every row generate max_new_tokens (`generation.stop_on_eos=false`), so the sides
+decode the same tokens and differ in the seconds they take for them.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from bench import common
 from dart.engine import DartEngine
+from dart.group_cost import group_cap
 from dart.scheduler import ContinuousBatcher, Request
 from pipeline.config import load_config
 from pipeline.tasks import TASKS
@@ -86,8 +87,8 @@ def run_items(engine: DartEngine, prompts: list[list[int]], gen, batch_size: int
               in_flight: int, group_tokens: int | None = None) -> dict:
     """Every prompt generated as an actor runs them: the rows of `in_flight` work items of `rows_per_item`
     rows share one continuous batch, and the next item's rows are submitted as soon as an item's last row
-    finishes (pipeline.tasks.batching); prefill groups of at most `group_tokens` positions (None: the
-    batcher's default). Returns {row index: result}."""
+    finishes (pipeline.tasks.batching); prefill groups of at most `group_tokens` positions (None: as
+    measured, dart.group_cost). Returns {row index: result}."""
     items = [list(range(start, min(start + rows_per_item, len(prompts)))) for start in range(0, len(prompts), rows_per_item)]
     batcher, results, queued = ContinuousBatcher(engine, gen, batch_size, group_tokens=group_tokens), {}, 0
     open_items: list[list[int]] = []
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     fixed = ["generation.stop_on_eos=false"] if args.fixed_tokens else []
     configs = {side: load_config(args.config, side_overrides(side) + fixed) for side in sides}
     engines = {side: DartEngine(side_model(model, side), tokenizer, c.dart, proxies=proxies) for side, c in configs.items()}
+    for engine in engines.values():
+        group_cap(engine)                # the batcher's measured prefill groups, before any timing
     config = next(iter(configs.values()))
     task = TASKS[config.task].runner(config.task_context(), tokenizer, next(iter(engines.values())))
     rows = pq.read_table(config.input.paths[0]).slice(0, args.rows).to_pylist()

@@ -54,13 +54,14 @@ class DartEngine:
         self.proxies = None if proxies is None else Proxies(proxies.pmax.to(self.device), proxies.pmean.to(self.device))
         self.runtime = Runtime()
         self._handles = patch_model(model, self.runtime, config.drift.signal_layers if config.drift_enabled else 1)
+        self.verdicts = cache_root(cache_dir) / "kernels"      # measured choices of this machine (dart.kernels)
         self.kernel = choose_kernel(config.linear_kernel, [layer.mlp.gate_proj.weight for layer in layers],
-                                    cfg.hidden_size, cache_root(cache_dir) / "kernels")
+                                    cfg.hidden_size, self.verdicts)
         self._routing = route_linears(model, layers) if self.kernel == "onednn" else Routing([])   # DartMLPs' too
         self._uids = itertools.count()
         self._mask_cache: tuple[tuple, torch.Tensor | None] = ((), None)
         self.gathers = GatherCache([layer.mlp for layer in layers], config, self.dtype, onednn=self.kernel == "onednn",
-                                   cache_dir=cache_root(cache_dir) / "kernels")
+                                   cache_dir=self.verdicts)
         self.eos_ids = eos_token_ids(model, tokenizer)
 
     # ---- setup ----------------------------------------------------------------------------

@@ -6,11 +6,12 @@ generator, cache positions and attention mask), so they equal those of the row g
 float rounding; the FFN weight bytes a forward reads are shared among its rows and so differ.
 Waiting rows are taken longest first, and rows of similar length are prefilled together, so a
 prefill pads little: a group grows only while its padding stays within `max_padding` of its tokens,
-and only while it holds at most `group_tokens` positions. Batching prompts pays only while they are
-too short to fill the matmuls: on a CPU a 256-token prompt already runs them at about 90% of the
-large-batch rate, and a group's padding and explicit attention mask (which gives up the causal
-attention kernel) cost more than that; 4-row groups of Quoref prompts prefilled 1.14x slower than
-each prompt alone.
+and only while it fits the engine's `GroupCap` (positions, and the longest prompt). A group shares
+each forward's weight reads and pays its padding and an explicit attention mask (which gives up the
+causal attention kernel), so on a CPU the cap is measured per machine and engine config
+(dart.group_cost): on an AMD EPYC in float32 4-row groups of Quoref prompts prefilled 1.14x slower than
+each prompt alone, while on an AMX Xeon in bf16 block-wise DART's prompts prefilled 8% faster grouped
+(their calibrating first blocks share a forward). On accelerators groups hold up to 4096 positions.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from .batch import DecodeBatch
 from .config import GenerationConfig
 from .engine import DartEngine
+from .group_cost import GroupCap, group_cap
 from .sampling import next_tokens, row_generator
 from .scoring import score_prefilled
 from .state import SequenceState
@@ -53,25 +55,18 @@ class Row:
     score: float | None = None
 
 
-# Positions a prefill group may hold (rows times the longest prompt) by device type.
-GROUP_TOKENS = {"cpu": 256}
-GROUP_TOKENS_ACCELERATOR = 4096
-
-
-def default_group_tokens(device: torch.device) -> int:
-    return GROUP_TOKENS.get(device.type, GROUP_TOKENS_ACCELERATOR)
-
-
 def prefill_groups(lengths: Sequence[int], max_rows: int, max_padding: float,
-                   max_tokens: int | None = None) -> list[int]:
+                   max_tokens: float | None = None, max_longest: float | None = None) -> list[int]:
     """Sizes of consecutive groups of the (longest first) lengths: each at most max_rows, and each
-    grown only while its padding stays within max_padding of its real tokens and its positions (rows
-    times the longest) within max_tokens (None: no bound); a group of one row is always allowed."""
+    grown only while its padding stays within max_padding of its real tokens, its positions (rows
+    times the longest) within max_tokens and its longest prompt within max_longest (None: no bound);
+    a group of one row is always allowed."""
     sizes, start = [], 0
     while start < len(lengths):
         size = 1
         while (start + size < len(lengths) and size < max_rows
                and (max_tokens is None or lengths[start] * (size + 1) <= max_tokens)
+               and (max_longest is None or lengths[start] <= max_longest)
                and lengths[start] * (size + 1) - sum(lengths[start:start + size + 1])
                <= max_padding * sum(lengths[start:start + size + 1])):
             size += 1
@@ -89,7 +84,7 @@ class ContinuousBatcher:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.engine, self.gen, self.max_rows, self.max_padding = engine, gen, max_rows, max_padding
-        self.group_tokens = default_group_tokens(engine.device) if group_tokens is None else group_tokens
+        self.group = group_cap(engine) if group_tokens is None else GroupCap(group_tokens)
         self.waiting: list[Request] = []
         self.rows: list[Row] = []
         self.batch: DecodeBatch | None = None
@@ -129,7 +124,7 @@ class ContinuousBatcher:
         taken, self.waiting = self.waiting[:free], self.waiting[free:]
         start = 0
         for size in prefill_groups([len(r.prompt) for r in taken], self.max_rows, self.max_padding,
-                                   self.group_tokens):
+                                   self.group.tokens, self.group.longest):
             done += self.prefill(taken[start:start + size])
             start += size
         return done

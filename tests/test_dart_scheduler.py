@@ -150,3 +150,94 @@ def test_prefill_groups_hold_at_most_group_tokens_positions():
     assert prefill_groups([100, 100], 4, 0.125, max_tokens=None) == [2]
     with pytest.raises(ValueError, match="max_rows"):
         ContinuousBatcher(None, GenerationConfig(), 0)
+
+
+def test_prefill_groups_hold_no_prompt_longer_than_the_cap():
+    assert prefill_groups([300, 290, 60, 60, 60], 4, 0.125, max_tokens=4096, max_longest=256) == [1, 1, 3]
+    assert prefill_groups([256, 250], 4, 0.125, max_tokens=4096, max_longest=256) == [2]
+
+
+def fake_timings(monkeypatch, grouped_over_alone: dict[int, float]) -> list[list[int]]:
+    """best_seconds in dart.group_cost made to report, per prompt length, the group taking this fraction
+    of the prompts' time alone. Returns the lengths each measurement measured, in order."""
+    from dart import group_cost
+
+    measurements = []
+    measure = group_cost.measured_group_cap
+
+    def measured_group_cap(engine):
+        measurements.append([])
+        return measure(engine)
+
+    def best_seconds(runs, reps):
+        runs["grouped"]()            # the real prefills still run, so their prompts are checked
+        length = group_cost.MEASURED_LENGTHS[len(measurements[-1])]
+        measurements[-1].append(length)
+        return {"grouped": grouped_over_alone[length], "alone": 1.0}
+
+    monkeypatch.setattr(group_cost, "best_seconds", best_seconds)
+    monkeypatch.setattr(group_cost, "measured_group_cap", measured_group_cap)
+    return measurements
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize("fractions, cap, lengths", [
+    ({512: 0.92, 256: 0.85, 128: 0.8}, (4096, INF), [512]),                # block-wise DART, bf16 on an AMX Xeon
+    ({512: 1.04, 256: 0.85, 128: 0.8}, (4096, 256), [512, 256]),           # dense there
+    ({512: 1.14, 256: 1.10, 128: 0.96}, (256, INF), [512, 256, 128])])     # grouping never pays
+def test_a_cpus_prefill_group_cap_follows_measured_seconds_and_is_cached(tiny, tmp_path, monkeypatch, fractions,
+                                                                         cap, lengths):
+    from dart import group_cost
+    from dart.engine import DartEngine
+
+    measured = fake_timings(monkeypatch, fractions)
+    engine = DartEngine(*tiny, CONFIGS["dart_blockwise"], cache_dir=str(tmp_path))
+    try:
+        got = group_cost.group_cap(engine)
+        longest = cap[1] if cap[1] == INF else min(cap[1], engine.max_context - 1)    # the tiny model's context
+        assert (got.tokens, got.longest) == (cap[0], longest) and measured == [lengths]
+        assert group_cost.group_cap(engine) == got and measured == [lengths]         # read from the cache
+    finally:
+        engine.close()
+    other = DartEngine(*tiny, CONFIGS["dense"], cache_dir=str(tmp_path))
+    try:
+        group_cost.group_cap(other)            # another config: measured on its own
+        assert measured == [lengths, lengths]
+    finally:
+        other.close()
+
+
+def test_a_batcher_groups_prompts_as_the_measured_cap_allows(tiny, monkeypatch):
+    from dart import scheduler
+    from dart.engine import DartEngine
+    from dart.group_cost import GroupCap
+
+    engine = DartEngine(*tiny, CONFIGS["dart_blockwise"])
+    sizes = []
+    prefill = engine.prefill
+    monkeypatch.setattr(engine, "prefill", lambda group, states: sizes.append(len(group)) or prefill(group, states))
+    monkeypatch.setattr(scheduler, "group_cap", lambda _engine: GroupCap(4096, 25))
+    gen = GenerationConfig(max_new_tokens=2, stop_on_eos=False)
+    try:
+        requests = [Request(k, p, k) for k, p in enumerate(prompts()) if len(p) in (40, 33, 21, 17)]
+        out = generate_continuously(engine, requests, gen, 4)
+        assert sizes == [1, 1, 2]                        # 40 and 33 alone (over 25), 21 and 17 together
+        for request in requests:
+            assert out[request.key].token_ids == engine.generate([request.prompt], gen)[0].token_ids
+    finally:
+        engine.close()
+
+
+def test_a_prefill_group_cap_is_measured_on_the_engine_itself(tiny, tmp_path):
+    from dart import group_cost
+    from dart.engine import DartEngine
+
+    engine = DartEngine(*tiny, CONFIGS["dart_blockwise"], cache_dir=str(tmp_path))
+    try:
+        cap = group_cost.group_cap(engine)
+        assert cap == group_cost.GroupCap(group_cost.UNGROUPED_TOKENS) or cap.tokens == group_cost.GROUPED_TOKENS
+        assert [p.name.split("-")[0] for p in tmp_path.joinpath("kernels").iterdir()].count("group") == 1
+    finally:
+        engine.close()

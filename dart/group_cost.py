@@ -1,0 +1,84 @@
+"""How many prompts one prefill may group on a CPU: measured once per machine, dtype, kernel and DART
+config, cached beside the kernel verdicts.
+
+Grouping prompts into one prefill shares each forward's weight reads among them, and costs the group's
+padding and an explicit attention mask (which gives up the causal attention kernel). Which wins depends
+on the machine and the config: on an AMD EPYC in float32, 4-row groups of Quoref prompts prefilled 1.14x
+slower than each alone; on an AMX Xeon in bf16, dense prompts of 512 tokens lost 4-6% grouped and of 256
+gained 15%, while block-wise DART's gained 8% at 512, its rows' calibrating first blocks sharing one
+forward (bench/README.md section 26). So the engine as configured prefills four prompts of each length
+of MEASURED_LENGTHS, longest first, grouped and alone, and lets prompts group up to the longest length
+at which that saved GROUP_MAX_FRACTION of the time (at the longest measured: any length).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .gather_cost import cached_measurement, synchronize
+from .kernels import best_seconds
+
+log = logging.getLogger(__name__)
+
+# Positions a prefill group may hold (rows times the longest prompt) where grouping did not measure
+# faster (a 256-token prompt already fills a CPU's matmuls), and where it did or on accelerators.
+UNGROUPED_TOKENS = 256
+GROUPED_TOKENS = 4096
+# GROUP_ROWS prompts of about each of these lengths are measured, longest first, until grouping pays.
+# Each group is padded by 5%, as the scheduler's groups of similar lengths are.
+MEASURED_LENGTHS = (512, 256, 128)
+GROUP_ROWS = 4
+# Grouping pays where it takes at most this fraction of the prompts' seconds alone.
+GROUP_MAX_FRACTION = 0.95
+
+
+@dataclass(frozen=True)
+class GroupCap:
+    """What one prefill group may hold: `tokens` positions (rows times the longest prompt), and prompts of
+    at most `longest` tokens (inf: any)."""
+
+    tokens: float
+    longest: float = math.inf
+
+
+def group_cap(engine) -> GroupCap:
+    """The scheduler's prefill groups for this engine (dart.engine.DartEngine): measured on a CPU."""
+    if engine.device.type != "cpu":
+        return GroupCap(GROUPED_TOKENS)
+    key = {"shape": [engine.shape.num_layers, engine.shape.width, engine.shape.hidden], "dtype": str(engine.dtype),
+           "kernel": engine.kernel, "dart": engine.config.model_dump(mode="json"), "lengths": list(MEASURED_LENGTHS)}
+    return cached_measurement("group", key, engine.device, engine.verdicts, GroupCap, lambda: measured_group_cap(engine))
+
+
+@torch.inference_mode()
+def measured_group_cap(engine) -> GroupCap:
+    """GROUP_ROWS prompts of random tokens of about each MEASURED_LENGTHS length, longest first, prefilled by
+    `engine` as configured as one group and each alone (the best of 2 alternated runs after one each; the
+    gathered weights freed after each prefill, as a batcher frees them), until the group takes at most
+    GROUP_MAX_FRACTION of the time: prompts then group up to that length (any, at the longest); where it
+    never does, groups hold UNGROUPED_TOKENS positions."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(engine.model.config.vocab_size)
+
+    def prefill(group: list[list[int]]) -> None:
+        engine.prefill(group)
+        synchronize(engine.device)
+        engine.release_gathered()
+
+    cap = GroupCap(UNGROUPED_TOKENS)
+    for length in MEASURED_LENGTHS:
+        lengths = [min(length - length * i // 32, engine.max_context - 1) for i in range(GROUP_ROWS)]
+        prompts = [torch.randint(vocab, (n,), generator=generator).tolist() for n in lengths]
+        seconds = best_seconds({"grouped": lambda: prefill(prompts), "alone": lambda: [prefill([p]) for p in prompts]},
+                               reps=2)
+        log.info("%d prompts of %d-%d tokens prefilled as one group in %.0f ms, alone in %.0f (%s, %s)", GROUP_ROWS,
+                 min(lengths), max(lengths), 1e3 * seconds["grouped"], 1e3 * seconds["alone"], engine.dtype,
+                 engine.kernel)
+        if seconds["grouped"] <= GROUP_MAX_FRACTION * seconds["alone"]:
+            cap = GroupCap(GROUPED_TOKENS, math.inf if length == MEASURED_LENGTHS[0] else max(lengths))
+            break
+    log.info("prefill groups: up to %d positions, prompts of up to %s tokens", cap.tokens, cap.longest)
+    return cap
