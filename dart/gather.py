@@ -2,6 +2,7 @@
 the paths and their arithmetic): a decode loop gathers once per mask set, not per token."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from .phase import ForwardPhase
     from .state import SequenceState
 
+log = logging.getLogger(__name__)
+
 
 class GatherCache:
     """Plans each forward's FFN path and keeps the last gathered weights, keyed by the rows' mask
@@ -52,6 +55,7 @@ class GatherCache:
         self._measure_blocks = None if config.gather_cost is not None else (
             lambda: cached_block_costs(mlps, self.gather, onednn, cache_dir))
         self._block_costs: BlockCosts | None = None
+        self._masked_block_said = False         # the advice below, given once per engine
         self.time_gathers = mlps[0].gate_proj.weight.device.type == "cpu"    # recorded; a GPU's run async
         # On a CPU, W_down's kept columns are gathered as rows of a transposed copy made at the first
         # gather (a third more FFN weight memory); a GPU gathers columns as fast as rows.
@@ -112,6 +116,12 @@ class GatherCache:
         path = None
         if tokens > 1:
             path = self._block_path(states, active, counts, tokens)
+            if path == "masked" and self.ffn_path == "auto" and not self._masked_block_said:
+                self._masked_block_said = True
+                log.warning("pruned prompt blocks run masked here (%s, %s kernel): gathering their kept neurons "
+                            "costs more than computing every neuron, so block-wise prefill saves no FFN work and "
+                            "costs a forward more than dart.prefill.mode: dense, which keeps the prompt whole "
+                            "(bench/README.md section 26)", self.dtype, "oneDNN" if self.onednn else "torch")
             if path in ("masked", "rowwise"):
                 return MASKED if path == "masked" else self._rowwise(states, active)
         else:

@@ -269,8 +269,9 @@ def test_decode_gathers_on_a_cpu_are_timed(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("neuron,compact_blocks", [(1.0, 0), (0.0, 5)])
-def test_a_prompt_blocks_path_follows_measured_costs(tiny, monkeypatch, neuron, compact_blocks):
-    """A block's FFN runs gathered only where the gather and the gathered matmuls cost less than masked."""
+def test_a_prompt_blocks_path_follows_measured_costs(tiny, monkeypatch, caplog, neuron, compact_blocks):
+    """A block's FFN runs gathered only where the gather and the gathered matmuls cost less than masked;
+    where pruned blocks run masked, the engine says once that block-wise prefill saves nothing there."""
     import dart.gather
     from dart.gather_cost import BlockCosts
 
@@ -281,8 +282,12 @@ def test_a_prompt_blocks_path_follows_measured_costs(tiny, monkeypatch, neuron, 
                      prefill={"mode": "blockwise", "block_tokens": 8})
     engine = DartEngine(*tiny, cfg)
     try:
-        _, batch = engine.prefill([prompts(4)[3] + prompts(4)[1]])        # 44 tokens: a calibrating block, then 5
-        assert batch.states[0].ledger.compact_forwards == compact_blocks
+        with caplog.at_level("WARNING", logger="dart.gather"):
+            for _ in range(2):
+                _, batch = engine.prefill([prompts(4)[3] + prompts(4)[1]])   # 44 tokens: a calibrating block, then 5
+                assert batch.states[0].ledger.compact_forwards == compact_blocks
+        advice = [r for r in caplog.records if "dart.prefill.mode: dense" in r.getMessage()]
+        assert len(advice) == (1 if compact_blocks == 0 else 0)
     finally:
         engine.close()
 
