@@ -50,7 +50,8 @@ def group_cap(engine) -> GroupCap:
         return GroupCap(GROUPED_TOKENS)
     key = {"shape": [engine.shape.num_layers, engine.shape.width, engine.shape.hidden], "dtype": str(engine.dtype),
            "kernel": engine.kernel, "dart": engine.config.model_dump(mode="json"), "lengths": list(MEASURED_LENGTHS)}
-    return cached_measurement("group", key, engine.device, engine.verdicts, GroupCap, lambda: measured_group_cap(engine))
+    return cached_measurement("group", key, engine.device, engine.verdicts, GroupCap,
+                              lambda: measured_group_cap(engine))
 
 
 @torch.inference_mode()
@@ -71,7 +72,7 @@ def measured_group_cap(engine) -> GroupCap:
     cap = GroupCap(UNGROUPED_TOKENS)
     for length in MEASURED_LENGTHS:
         lengths = [min(length - length * i // 32, engine.max_context - 1) for i in range(GROUP_ROWS)]
-        prompts = [torch.randint(vocab, (n,), generator=generator).tolist() for n in lengths]
+        prompts = [torch.randint(vocab, (n,), generator=generator, device="cpu").tolist() for n in lengths]   # host ids
         seconds = best_seconds({"grouped": lambda: prefill(prompts), "alone": lambda: [prefill([p]) for p in prompts]},
                                reps=2)
         log.info("%d prompts of %d-%d tokens prefilled as one group in %.0f ms, alone in %.0f (%s, %s)", GROUP_ROWS,
