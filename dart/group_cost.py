@@ -5,10 +5,11 @@ Grouping prompts into one prefill shares each forward's weight reads among them,
 padding and an explicit attention mask (which gives up the causal attention kernel). Which wins depends
 on the machine and the config: on an AMD EPYC in float32, 4-row groups of Quoref prompts prefilled 1.14x
 slower than each alone; on an AMX Xeon in bf16, dense prompts of 512 tokens lost 4-6% grouped and of 256
-gained 15%, while block-wise DART's gained 8% at 512, its rows' calibrating first blocks sharing one
-forward (bench/README.md section 26). So the engine as configured prefills four prompts of each length
-of MEASURED_LENGTHS, longest first, grouped and alone, and lets prompts group up to the longest length
-at which that saved GROUP_MAX_FRACTION of the time (at the longest measured: any length).
+gained 15%, while block-wise DART's gained 11-13% at 512 (7.5% of the summarize job's prefill), its rows'
+calibrating first blocks sharing one forward (bench/README.md section 26). So the engine as configured
+prefills four prompts of each length of MEASURED_LENGTHS, longest first, grouped and alone, and lets
+prompts group up to the longest length at which the group took at most GROUP_MAX_FRACTION of their time
+alone (at the longest measured: any length).
 """
 from __future__ import annotations
 
