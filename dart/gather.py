@@ -24,7 +24,7 @@ from .compact import (
     union_kept,
 )
 from .config import ROWWISE_MAX_FFN_COPIES
-from .gather_cost import BlockCosts, GatherCost, cached_block_costs, cached_gather_cost
+from .gather_cost import BLOCK_ROWS, BlockCosts, GatherCost, cached_block_costs, cached_gather_cost
 from .scores import shared_selection
 from .patch import DartMLP
 
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .state import SequenceState
 
 log = logging.getLogger(__name__)
+# A prompt block this long that runs masked is worth a warning: the block-cost measurement's own size.
+ADVICE_MIN_TOKENS = BLOCK_ROWS
 
 
 class GatherCache:
@@ -116,12 +118,8 @@ class GatherCache:
         path = None
         if tokens > 1:
             path = self._block_path(states, active, counts, tokens)
-            if path == "masked" and self.ffn_path == "auto" and not self._masked_block_said:
-                self._masked_block_said = True
-                log.warning("pruned prompt blocks run masked here (%s, %s kernel): gathering their kept neurons "
-                            "costs more than computing every neuron, so block-wise prefill saves no FFN work and "
-                            "costs a forward more than dart.prefill.mode: dense, which keeps the prompt whole "
-                            "(bench/README.md section 26)", self.dtype, "oneDNN" if self.onednn else "torch")
+            if path == "masked":
+                self._say_masked_block(states, active, tokens)
             if path in ("masked", "rowwise"):
                 return MASKED if path == "masked" else self._rowwise(states, active)
         else:
@@ -136,6 +134,19 @@ class GatherCache:
         elif decode and self.onednn:
             self._plan = self._plan.packed()            # decoding on the set a prompt block gathered
         return self._masked(states, active, decode) if self._plan.path == "masked" else self._plan
+
+    def _say_masked_block(self, states: list[SequenceState], active: tuple[int, ...], tokens: int) -> None:
+        """Says once per engine that a long prompt block of one row runs masked under auto: block-wise
+        prefill then saves no FFN work on such prompts (short blocks, and rows whose sets differ, may run
+        masked where long single-row blocks gather)."""
+        if (self._masked_block_said or self.ffn_path != "auto" or tokens < ADVICE_MIN_TOKENS
+                or len({states[b].uid for b in active}) > 1):
+            return
+        self._masked_block_said = True
+        log.warning("a %d-token prompt block runs masked here (%s, %s kernel): gathering its kept neurons costs "
+                    "more than computing every neuron, so block-wise prefill saves no FFN work on prompts like it "
+                    "and costs a forward more than dart.prefill.mode: dense, which keeps the prompt whole "
+                    "(bench/README.md section 26)", tokens, self.dtype, "oneDNN" if self.onednn else "torch")
 
     def _masked(self, states: list[SequenceState], active: tuple[int, ...], decode: bool) -> FfnPlan:
         """The masked path. Rows that share a decode set are masked by that set, so that their tokens do

@@ -277,6 +277,7 @@ def test_a_prompt_blocks_path_follows_measured_costs(tiny, monkeypatch, caplog, 
 
     costs = BlockCosts(token=N * 1e-6, token_neuron=1e-6, neuron=neuron)
     monkeypatch.setattr(dart.gather, "cached_block_costs", lambda *args: costs)
+    monkeypatch.setattr(dart.gather, "ADVICE_MIN_TOKENS", 8)      # the tiny model's blocks are short
 
     cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1,
                      prefill={"mode": "blockwise", "block_tokens": 8})
@@ -288,6 +289,24 @@ def test_a_prompt_blocks_path_follows_measured_costs(tiny, monkeypatch, caplog, 
                 assert batch.states[0].ledger.compact_forwards == compact_blocks
         advice = [r for r in caplog.records if "dart.prefill.mode: dense" in r.getMessage()]
         assert len(advice) == (1 if compact_blocks == 0 else 0)
+    finally:
+        engine.close()
+
+
+def test_short_prompt_blocks_that_run_masked_say_nothing(tiny, monkeypatch, caplog):
+    """Blocks shorter than a measured block may run masked where long ones gather: no advice for them."""
+    import dart.gather
+    from dart.gather_cost import BlockCosts
+
+    monkeypatch.setattr(dart.gather, "cached_block_costs", lambda *args: BlockCosts(N * 1e-6, 1e-6, 1.0))
+    cfg = DartConfig(method="static", budget="uniform", keep_ratio=0.5, mask_step=1,
+                     prefill={"mode": "blockwise", "block_tokens": 8})
+    engine = DartEngine(*tiny, cfg)
+    try:
+        with caplog.at_level("WARNING", logger="dart.gather"):
+            _, batch = engine.prefill([prompts(4)[3] + prompts(4)[1]])
+        assert batch.states[0].ledger.compact_forwards == 0
+        assert not [r for r in caplog.records if "dart.prefill.mode: dense" in r.getMessage()]
     finally:
         engine.close()
 
