@@ -8,7 +8,7 @@ Waiting rows are taken longest first, and rows of similar length are prefilled t
 prefill pads little: a group grows only while its padding stays within `max_padding` of its tokens,
 and only while it fits the engine's `GroupCap` (positions, and the longest prompt). A group shares
 each forward's weight reads and pays its padding and an explicit attention mask (which gives up the
-causal attention kernel), so on a CPU the cap is measured per machine and engine config
+causal attention kernel), so on a CPU the cap is measured per machine and prompt schedule
 (dart.group_cost): on an AMD EPYC in float32 4-row groups of Quoref prompts prefilled 1.14x slower than
 each prompt alone, while on an AMX Xeon in bf16 block-wise DART's prompts prefilled 8% faster grouped
 (their calibrating first blocks share a forward). On accelerators groups hold up to 4096 positions.
