@@ -68,9 +68,13 @@ GATHER_TILE = 64
 ROW_TILE = 32
 
 
+def round_up(count: int, tile: int) -> int:
+    return -(-count // tile) * tile
+
+
 def padded_width(kept: int, tile: int, full: int) -> int:
     """Neurons a gathered set of `kept` computes: rounded up to a multiple of `tile`, at most `full` (N)."""
-    return max(kept, min(-(-kept // tile) * tile, full))
+    return max(kept, min(round_up(kept, tile), full))
 
 
 def forwards_to_amortize(gathered_fraction: float, cost: float = GATHER_COST_IN_FORWARDS) -> int:
@@ -182,7 +186,7 @@ def compact_block(mlp: DartMLP, hidden: torch.Tensor, weights: CompactWeights) -
         act = compact_activations(mlp, hidden, weights)
         return act[..., :weights.kept], compact_down(act, weights)
     x = hidden.reshape(rows, d)
-    padded = -(-rows // weights.row_tile) * weights.row_tile
+    padded = round_up(rows, weights.row_tile)
     if padded > rows:
         x = torch.cat([x, x.new_zeros(padded - rows, d)])
     act = compact_activations(mlp, x, weights)                          # [padded, width]
