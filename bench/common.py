@@ -222,7 +222,7 @@ def write_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 def machine() -> str:
     import platform
 
-    from dart.kernels import cpu_model
+    from dart.verdicts import cpu_model
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .kernels import best_seconds, cpu_model, faster, linear, onednn_available, pack, read_verdict, verdict_key, write_verdict
+from .kernels import best_seconds, faster, linear, onednn_available, pack
+from .verdicts import cpu_model, measured_once, read_verdict, verdict_key, write_verdict
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,15 @@ def verdict_path(ffn_shape: tuple[int, int, int], cache_dir: Path) -> Path | Non
 def cached_cpu_dtype(ffn_shape: tuple[int, int, int], cache_dir: Path | None) -> torch.dtype:
     """measured_cpu_dtype, read from / stored in `cache_dir` (None: measured every time)."""
     path = None if cache_dir is None else verdict_path(ffn_shape, cache_dir)
-    name = read_verdict(path, ("float32", "bfloat16"))
-    if name is not None:
-        log.info("model dtype native -> %s (measured before, %s)", name, path)
-        return DTYPES[name]
-    choice = measured_cpu_dtype(ffn_shape)
-    write_verdict(path, dtype_name(choice))
-    return choice
+
+    def read() -> torch.dtype | None:
+        name = read_verdict(path, ("float32", "bfloat16"))
+        if name is not None:
+            log.info("model dtype native -> %s (measured before, %s)", name, path)
+        return None if name is None else DTYPES[name]
+
+    return measured_once(path, read, lambda: measured_cpu_dtype(ffn_shape),
+                         lambda choice: write_verdict(path, dtype_name(choice)))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

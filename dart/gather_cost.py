@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from .compact import CompactWeights, compact_ffn
-from .kernels import best_seconds, read_verdict, verdict_key, write_verdict
+from .kernels import best_seconds
+from .verdicts import measured_once, read_verdict, verdict_key, write_verdict
 from .patch import DartMLP
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,16 @@ def cached_gather_cost(mlp: DartMLP, gather: Callable[[torch.Tensor], CompactWei
 def cached_measurement(kind: str, key: dict, device: torch.device, cache_dir: Path | None, kind_type: type, measure):
     """A measured dataclass of floats, read from the verdict cache (a CPU's) or measured and stored there."""
     path = verdict_key(kind, key, cache_dir) if cache_dir is not None and device.type == "cpu" else None
-    cached = read_verdict(path, None)
-    if cached is not None:
+
+    def read():
+        cached = read_verdict(path, None)
         try:
-            return kind_type(*map(float, cached.split()))
+            return None if cached is None else kind_type(*map(float, cached.split()))
         except (TypeError, ValueError):
-            pass
-    measured = measure()
-    write_verdict(path, " ".join(repr(value) for value in dataclasses.astuple(measured)))
-    return measured
+            return None
+
+    return measured_once(path, read, measure,
+                         lambda measured: write_verdict(path, " ".join(map(repr, dataclasses.astuple(measured)))))
 
 
 @torch.inference_mode()

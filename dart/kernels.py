@@ -9,11 +9,7 @@ Packing keeps the original weights (DART gathers kept neurons from them) beside 
 the Linears' weight memory doubles while an engine routes them."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .verdicts import measured_once, read_verdict, verdict_key, write_verdict
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +142,6 @@ def faster(ratios: list[float]) -> bool:
     return sum(ratios) / len(ratios) <= AUTO_MAX_TIME_FRACTION and max(ratios) <= 1.05
 
 
-def cpu_model() -> str:
-    """The CPU's model name ('' where the platform does not say)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def verdict_path(weights: list[torch.Tensor], cache_dir: Path) -> Path | None:
     """Where auto's measured choice for `weights` on this CPU and torch is cached (None: CPU unknown)."""
     return verdict_key("linear", {"weights": [len(weights), list(weights[0].shape), str(weights[0].dtype)],
@@ -165,47 +151,14 @@ def verdict_path(weights: list[torch.Tensor], cache_dir: Path) -> Path | None:
 def cached_choice(weights: list[torch.Tensor], cache_dir: Path | None) -> str:
     """measured_choice, read from / stored in `cache_dir` (None: measured every time)."""
     path = None if cache_dir is None else verdict_path(weights, cache_dir)
-    choice = read_verdict(path, ("torch", "onednn"))
-    if choice is not None:
-        log.info("linear kernel %s (measured before, %s)", choice, path)
+
+    def read() -> str | None:
+        choice = read_verdict(path, ("torch", "onednn"))
+        if choice is not None:
+            log.info("linear kernel %s (measured before, %s)", choice, path)
         return choice
-    choice = measured_choice(weights)
-    write_verdict(path, choice)
-    return choice
 
-
-def read_verdict(path: Path | None, allowed: tuple[str, ...] | None) -> str | None:
-    """A measured choice cached at `path`, if it is one of `allowed` (None: any text); a bad entry is
-    measured again."""
-    if path is None or not path.exists():
-        return None
-    try:
-        choice = json.loads(path.read_text())["choice"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable verdict %s: %s", path, exc)
-        return None
-    return choice if isinstance(choice, str) and (allowed is None or choice in allowed) else None
-
-
-def verdict_key(kind: str, key: dict, cache_dir: Path) -> Path | None:
-    """Where a measured `kind` verdict for `key` on this CPU, torch and thread count is cached (None: CPU unknown)."""
-    cpu = cpu_model()
-    if not cpu:
-        return None
-    key = {"cpu": cpu, "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           **key}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / f"{kind}-{digest}.json"
-
-
-def write_verdict(path: Path | None, choice: str) -> None:
-    """Cache a measured choice at `path` atomically (None: not cached)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"choice": choice, "cpu": cpu_model()}))
-    os.replace(tmp, path)
+    return measured_once(path, read, lambda: measured_choice(weights), lambda choice: write_verdict(path, choice))
 
 
 def choose_kernel(setting: str, weights: list[torch.Tensor], hidden: int, cache_dir: Path | None = None) -> str:

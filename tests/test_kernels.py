@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dart import compact, kernels
+from dart import compact, kernels, verdicts
 from dart.compact import compact_ffn, gather_layer
 from dart.config import DartConfig, GenerationConfig
 from dart.engine import DartEngine
@@ -139,7 +139,7 @@ def test_auto_measures_once_per_cpu_and_shape_then_reads_the_cached_verdict(tmp_
         entry.write_text("{not json")
     assert kernels.choose_kernel("auto", weights, 256, tmp_path) == "onednn" and len(seen) == 3
     assert kernels.choose_kernel("auto", weights, 256, tmp_path) == "onednn" and len(seen) == 3
-    monkeypatch.setattr(kernels, "cpu_model", lambda: "")        # CPU unknown: never cached
+    monkeypatch.setattr(verdicts, "cpu_model", lambda: "")       # CPU unknown: never cached
     kernels.choose_kernel("auto", weights, 256, tmp_path)
     kernels.choose_kernel("auto", weights, 256, tmp_path)
     assert len(seen) == 5
