@@ -1,6 +1,7 @@
 """A resumed run is the run it claims to be: inputs edited or weights replaced under it are refused."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pyarrow as pa
@@ -51,7 +52,9 @@ def test_weights_replaced_at_the_same_path_are_refused(ray_cluster, tmp_path):
     write_plain(source, [sentence(i) for i in range(9)])
     config = job_config("summarize", model_dir, [source], tmp_path / "out", input={"reference_column": None},
                         pool={"num_actors": 1}, control={"max_items": 1, "progress": False})
-    assert run_job(config)["done_items"] == 1
+    summary = run_job(config)
+    assert summary["done_items"] == 1
+    assert summary["linear_kernel"] == "torch"              # what the actor ran: a tiny model is not measured
     other = make_tiny_model_dir(tmp_path / "other", seed=1)
     for weights in other.glob("*.safetensors"):
         shutil.copy(weights, model_dir / weights.name)
@@ -71,3 +74,18 @@ def test_a_run_made_in_another_dtype_names_it_and_how_to_resume(tmp_path, tiny_m
                                          r"set model.dtype=float32 to resume it"):
         Job.open(config).check_models({"bf16weights"}, {"bfloat16"})
     assert reopened.close({})["model_dtype"] == "float32"
+
+
+def test_actors_on_different_matmul_kernels_are_recorded_and_named_once(tmp_path, tiny_model_dir, caplog):
+    source = tmp_path / "docs.parquet"
+    write_plain(source, [sentence(i) for i in range(4)])
+    config = job_config("summarize", tiny_model_dir, [source], tmp_path / "out", input={"reference_column": None})
+    job = Job.open(config)
+    with caplog.at_level(logging.WARNING, logger="pipeline.run.job"):
+        job.note_kernels({"onednn"})
+        assert "different matmul kernels" not in caplog.text
+        job.note_kernels({"torch"})                        # an actor restarted on another machine
+        job.note_kernels({"onednn", "torch"})
+    assert caplog.text.count("different matmul kernels (onednn, torch") == 1
+    assert "set dart.linear_kernel to one of them" in caplog.text
+    assert job.close({})["linear_kernel"] == "onednn,torch"

@@ -152,9 +152,11 @@ class WorkerPool:
                 log.error("actor %s (pid %s): %s", info["actor_id"][:8], info["pid"], trace, extra=FILE_ONLY)
                 raise WorkerSetupError(line)
         for info in infos:
-            log.info("actor %s (pid %s) on node %s, device %s, %s thread(s), %d engine(s) built", info["actor_id"][:8],
-                     info["pid"], info["node_id"][:8], info["device"], info["threads"], info["engines_built"])
+            log.info("actor %s (pid %s) on node %s, device %s, %s thread(s), %s on the %s kernel, %d engine(s) built",
+                     info["actor_id"][:8], info["pid"], info["node_id"][:8], info["device"], info["threads"],
+                     info["model_dtype"], info["linear_kernel"], info["engines_built"])
         job.check_models({info["model_fingerprint"] for info in infos}, {info["model_dtype"] for info in infos})
+        job.note_kernels({info["linear_kernel"] for info in infos})
         return ray.put(args)
 
     def start(self, config: JobConfig, args: WorkerSetup) -> set[int]:

@@ -114,7 +114,7 @@ class DartWorker:
             return {"load_error": self.load_error, "actor_id": self.actor_id, "pid": os.getpid()}
         return {"actor_id": self.actor_id, "node_id": self.node_id, "device": self.device,
                 "model_fingerprint": self.model_fingerprint, "pid": os.getpid(),
-                "model_dtype": str(self.model.dtype).removeprefix("torch."),
+                "model_dtype": str(self.model.dtype).removeprefix("torch."), "linear_kernel": self.engine.kernel,
                 "config_fingerprint": self.config_fingerprint, "engines_built": self.engines_built,
                 "threads": self.threads}
 

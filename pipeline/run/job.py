@@ -30,6 +30,7 @@ class Job:
         self.config, self.sources, self.plan = config, sources, plan
         self.duplicates = duplicates       # (source index, row) -> error, for rows repeating an id
         self.model_dtypes: set[str] = set()    # the weight dtypes the actors ran
+        self.linear_kernels: set[str] = set()  # the matmul kernels they ran (dart.linear_kernel)
         passthrough = [sources[0].schema.field(c) for c in config.input.passthrough_columns] if sources else []
         self.schema: pa.Schema = output_schema(config.task, passthrough)
         self.fingerprint = config.fingerprint(plan_digest(plan))
@@ -106,6 +107,17 @@ class Job:
                 recorded = sorted(v for v in pc.unique(column).to_pylist() if v)
         self.provenance.check_model(fingerprints, recorded, dtypes)
 
+    def note_kernels(self, kernels: set[str]) -> None:
+        """Record the matmul kernels the actors run, and say once when they differ: `linear_kernel: auto`
+        measures each machine, and rows computed on other kernels round differently (DART's kept
+        neurons follow the rounding), so the same rows may come out differently on other machines."""
+        differed = len(self.linear_kernels) > 1
+        self.linear_kernels |= kernels
+        if len(self.linear_kernels) > 1 and not differed:
+            log.warning("this run's actors run different matmul kernels (%s: dart.linear_kernel auto measured "
+                        "each machine), so their rows round differently; set dart.linear_kernel to one of them "
+                        "for rows that do not depend on the machine", ", ".join(sorted(self.linear_kernels)))
+
     def write_result(self, item: WorkItem, table: pa.Table, attempts: int) -> int:
         """A worker's part for the item; returns its generated tokens."""
         self.check_models(set(pc.unique(table["model_fingerprint"]).to_pylist()) - {None})
@@ -135,7 +147,8 @@ class Job:
         summary = {"run_dir": str(self.run.root), "config_fingerprint": self.fingerprint,
                    "task": self.config.task, "planned_items": len(self.plan), "done_items": len(done),
                    "complete": len(done) == len(self.plan), "failed_items": failed,
-                   "model_dtype": ",".join(sorted(self.model_dtypes)) or None, **extra}
+                   "model_dtype": ",".join(sorted(self.model_dtypes)) or None,
+                   "linear_kernel": ",".join(sorted(self.linear_kernels)) or None, **extra}
         if failed:
             summary["retry_hint"] = (f"{failed} item(s) failed all pool.max_attempts attempts and hold error "
                                      "rows; rerun with control.retry_failed=true to retry them")
