@@ -71,15 +71,15 @@ def write_verdict(path: Path | None, choice: str) -> None:
 
 def measured_once(path: Path | None, read: Callable[[], T | None], measure: Callable[[], T],
                   write: Callable[[T], None]) -> T:
-    """The verdict `read` finds at `path`, else `measure`d and `write`n under the verdict's lock file; a
-    process that waited on another's measurement reads what that one wrote (path None: measured every
-    time, no lock)."""
+    """The verdict `read` finds at `path`, else `measure`d and `write`n under the verdict's lock file (in
+    `locks/` beside it); a process that waited on another's measurement reads what that one wrote (path
+    None: measured every time, no lock)."""
     cached = read()
     if cached is not None:
         return cached
     if path is None:
         return measure()
-    with exclusive(path.with_suffix(".lock"), f"measuring {path.name}"):
+    with exclusive(path.parent / "locks" / f"{path.stem}.lock", f"measuring {path.name}"):
         cached = read()
         if cached is not None:
             return cached

@@ -66,6 +66,9 @@ class RecordingJob:
     def check_models(self, fingerprints, dtypes=frozenset()):
         self.models = fingerprints
 
+    def note_kernels(self, kernels):
+        self.kernels = kernels
+
     def rows(self, item):
         return self.real.rows(item)
 
@@ -93,3 +96,4 @@ def test_pool_works_through_the_job_alone(ray_cluster, tiny_model_dir, tmp_path)
     assert generated == sum(sum(t.column("generated_tokens").to_pylist()) for t in job.results.values()) > 0
     assert not list(job.real.run.parts.glob("*.parquet"))      # every write went through the job
     assert len(job.models) == 1                                 # the actors' weights were shown to the job
+    assert job.kernels == {"torch"}                             # and the kernel they run (a tiny model: torch)

@@ -135,7 +135,7 @@ def test_auto_measures_once_per_cpu_and_shape_then_reads_the_cached_verdict(tmp_
     assert seen == [(512, 256)]                                   # the second engine read the verdict
     other = [torch.randn(640, 256) for _ in range(3)]             # another shape is measured for itself
     assert kernels.choose_kernel("auto", other, 256, tmp_path) == "onednn" and len(seen) == 2
-    for entry in tmp_path.iterdir():                              # a corrupt verdict is measured again
+    for entry in tmp_path.glob("*.json"):                         # a corrupt verdict is measured again
         entry.write_text("{not json")
     assert kernels.choose_kernel("auto", weights, 256, tmp_path) == "onednn" and len(seen) == 3
     assert kernels.choose_kernel("auto", weights, 256, tmp_path) == "onednn" and len(seen) == 3
