@@ -14,7 +14,6 @@ faster, but made path choices depend on timing during a run, so it is not done.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 
 from .compact import CompactWeights, compact_ffn
 from .kernels import best_seconds
-from .verdicts import measured_once, read_verdict, verdict_key, write_verdict
+from .verdicts import cached_measurement
 from .patch import DartMLP
 
 log = logging.getLogger(__name__)
@@ -70,21 +69,6 @@ def cached_gather_cost(mlp: DartMLP, gather: Callable[[torch.Tensor], CompactWei
     key = {"shape": list(weight.shape), "dtype": str(weight.dtype), "rows": rows, "onednn": onednn, "rule": "saving-v2"}
     return cached_measurement("gather", key, weight.device, cache_dir, MeasuredCost,
                               lambda: measured_gather_cost(mlp, gather, onednn, rows))
-
-
-def cached_measurement(kind: str, key: dict, device: torch.device, cache_dir: Path | None, kind_type: type, measure):
-    """A measured dataclass of floats, read from the verdict cache (a CPU's) or measured and stored there."""
-    path = verdict_key(kind, key, cache_dir) if cache_dir is not None and device.type == "cpu" else None
-
-    def read():
-        cached = read_verdict(path, None)
-        try:
-            return None if cached is None else kind_type(*map(float, cached.split()))
-        except (TypeError, ValueError):
-            return None
-
-    return measured_once(path, read, measure,
-                         lambda measured: write_verdict(path, " ".join(map(repr, dataclasses.astuple(measured)))))
 
 
 @torch.inference_mode()

@@ -1,5 +1,5 @@
-"""How many prompts one prefill may group on a CPU: measured once per machine, dtype, kernel and DART
-config, cached beside the kernel verdicts.
+"""How many prompts one prefill may group on a CPU: measured once per machine, dtype, kernel and prompt
+schedule, cached beside the kernel verdicts.
 
 Grouping prompts into one prefill shares each forward's weight reads among them, and costs the group's
 padding and an explicit attention mask (which gives up the causal attention kernel). Which wins depends
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .gather_cost import cached_measurement, synchronize
+from .gather_cost import synchronize
 from .kernels import best_seconds
+from .verdicts import cached_measurement
 
 log = logging.getLogger(__name__)
 

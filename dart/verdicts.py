@@ -5,6 +5,7 @@ machine of few cores each measure the other's load; with the lock the first meas
 wait, then read what it stored."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -86,3 +87,18 @@ def measured_once(path: Path | None, read: Callable[[], T | None], measure: Call
         value = measure()
         write(value)
         return value
+
+
+def cached_measurement(kind: str, key: dict, device: torch.device, cache_dir: Path | None, kind_type: type, measure):
+    """A measured dataclass of floats, read from the verdict cache (a CPU's) or measured and stored there."""
+    path = verdict_key(kind, key, cache_dir) if cache_dir is not None and device.type == "cpu" else None
+
+    def read():
+        cached = read_verdict(path, None)
+        try:
+            return None if cached is None else kind_type(*map(float, cached.split()))
+        except (TypeError, ValueError):
+            return None
+
+    return measured_once(path, read, measure,
+                         lambda measured: write_verdict(path, " ".join(map(repr, dataclasses.astuple(measured)))))
